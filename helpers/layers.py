@@ -1,0 +1,124 @@
+"""The layer functions of Llama 3, one small pure function each.
+
+Every function needs only `torch`, `math` and its arguments, so it can be pasted into any notebook.
+Shapes: T = tokens in this call, dim = model width, H = n_heads, KV = n_kv_heads, D = head_dim.
+Weights are Meta's tensors as stored ([out_features, in_features]); `x @ w.T` applies one.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x: [..., dim], weight: [dim] -> [..., dim]. Normalised in float32 (as Meta does), then cast back."""
+    x32 = x.float()
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return normed.type_as(x) * weight
+
+
+def ffn_hidden_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | None = None) -> int:
+    """The SwiGLU hidden size exactly as Meta computes it: 2/3 of 4*dim, scaled, rounded up to multiple_of."""
+    hidden = int(2 * (4 * dim) / 3)
+    if ffn_dim_multiplier is not None:
+        hidden = int(ffn_dim_multiplier * hidden)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+def apply_rope_scaling(
+    freqs: torch.Tensor,
+    factor: float,
+    low_freq_factor: float,
+    high_freq_factor: float,
+    original_max_position_embeddings: int,
+) -> torch.Tensor:
+    """freqs: [D/2] -> [D/2]. Llama 3.1's long-context rule: slow the low frequencies down by `factor`,
+    keep the high ones, blend smoothly in between."""
+    low_freq_wavelen = original_max_position_embeddings / low_freq_factor
+    high_freq_wavelen = original_max_position_embeddings / high_freq_factor
+    wavelen = 2 * math.pi / freqs
+    new_freqs = torch.where(wavelen > low_freq_wavelen, freqs / factor, freqs)
+    smooth = (original_max_position_embeddings / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    return torch.where(
+        (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen),
+        (1 - smooth) * new_freqs / factor + smooth * new_freqs,
+        new_freqs,
+    )
+
+
+def precompute_freqs_cis(head_dim: int, end: int, theta: float, scaling: dict | None = None) -> torch.Tensor:
+    """-> complex64 [end, D/2]: entry (m, i) is e^{i·m·θ_i} with θ_i = theta^(-2i/D), position m < end.
+
+    `scaling`: None, or the four numbers of `apply_rope_scaling` as a dict (Llama 3.1 / 3.2)."""
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2)[: head_dim // 2].float() / head_dim))
+    if scaling is not None:
+        freqs = apply_rope_scaling(freqs, **scaling)
+    angles = torch.outer(torch.arange(end, dtype=torch.float32), freqs)
+    return torch.polar(torch.ones_like(angles), angles)
+
+
+def apply_rotary_emb(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
+    """x: [T, heads, D], freqs_cis: [T, D/2] -> [T, heads, D]. Each adjacent pair (x0, x1) of a head is
+    read as the complex number x0 + i·x1 and multiplied elementwise by e^{i·m·θ}: a rotation."""
+    x_complex = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    rotated = x_complex * freqs_cis[:, None, :]  # broadcast over the heads
+    return torch.view_as_real(rotated).flatten(-2).type_as(x)
+
+
+def causal_mask(seqlen: int, start_pos: int = 0) -> torch.Tensor:
+    """-> [seqlen, start_pos + seqlen]: 0 where token i may look at position j, -inf after it.
+
+    The first start_pos columns are tokens already in the KV cache: every new token sees them."""
+    future = torch.triu(torch.full((seqlen, seqlen), float("-inf")), diagonal=1)
+    return torch.hstack([torch.zeros(seqlen, start_pos), future])
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """x: [T, KV, D] -> [T, KV*n_rep, D]: each KV head repeated for the n_rep query heads that share it."""
+    if n_rep == 1:
+        return x
+    seqlen, n_kv_heads, head_dim = x.shape
+    return x[:, :, None, :].expand(seqlen, n_kv_heads, n_rep, head_dim).reshape(seqlen, n_kv_heads * n_rep, head_dim)
+
+
+def attention(
+    x: torch.Tensor,
+    wq: torch.Tensor,
+    wk: torch.Tensor,
+    wv: torch.Tensor,
+    wo: torch.Tensor,
+    freqs_cis: torch.Tensor,
+    mask: torch.Tensor,
+    n_heads: int,
+    n_kv_heads: int,
+    cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+    start_pos: int = 0,
+) -> torch.Tensor:
+    """x: [T, dim] (already normalised) -> [T, dim]. Grouped-query causal self-attention with RoPE.
+
+    wq: [H*D, dim], wk/wv: [KV*D, dim], wo: [dim, H*D]; freqs_cis: [T, D/2] for positions
+    start_pos..start_pos+T-1; mask: [T, start_pos+T]. `cache`: optional (cache_k, cache_v), each
+    [max_len, KV, D]; the new keys/values are written at start_pos and all earlier ones are used."""
+    seqlen = x.shape[0]
+    head_dim = wq.shape[0] // n_heads
+    xq = (x @ wq.T).view(seqlen, n_heads, head_dim)
+    xk = (x @ wk.T).view(seqlen, n_kv_heads, head_dim)
+    xv = (x @ wv.T).view(seqlen, n_kv_heads, head_dim)
+    xq, xk = apply_rotary_emb(xq, freqs_cis), apply_rotary_emb(xk, freqs_cis)
+    if cache is not None:
+        cache_k, cache_v = cache
+        cache_k[start_pos : start_pos + seqlen] = xk
+        cache_v[start_pos : start_pos + seqlen] = xv
+        xk, xv = cache_k[: start_pos + seqlen], cache_v[: start_pos + seqlen]
+    keys = repeat_kv(xk, n_heads // n_kv_heads).transpose(0, 1)  # [H, start_pos+T, D]
+    values = repeat_kv(xv, n_heads // n_kv_heads).transpose(0, 1)  # [H, start_pos+T, D]
+    scores = xq.transpose(0, 1) @ keys.transpose(1, 2) / math.sqrt(head_dim)  # [H, T, start_pos+T]
+    scores = torch.softmax(scores.float() + mask, dim=-1).type_as(xq)  # softmax in float32
+    out = (scores @ values).transpose(0, 1).reshape(seqlen, n_heads * head_dim)  # heads side by side
+    return out @ wo.T
+
+
+def feed_forward(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor) -> torch.Tensor:
+    """x: [T, dim] (already normalised) -> [T, dim]. SwiGLU: w2(silu(w1·x) * w3·x); w1, w3: [hidden, dim]."""
+    return (torch.nn.functional.silu(x @ w1.T) * (x @ w3.T)) @ w2.T

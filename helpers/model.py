@@ -1,0 +1,83 @@
+"""One transformer block and the whole forward pass, from Meta's raw tensors and params.json.
+
+`weights` is the plain dict Meta ships (`tok_embeddings.weight`, `layers.{i}.attention.wq.weight`, ...,
+`norm.weight`, `output.weight`); `params` is params.json as a dict. Every size is read from them.
+"""
+from __future__ import annotations
+
+import torch
+
+from .layers import attention, causal_mask, feed_forward, precompute_freqs_cis, rms_norm
+
+
+def rope_scaling(params: dict) -> dict | None:
+    """The four RoPE-scaling numbers for this checkpoint, or None when `use_scaled_rope` is off.
+
+    Meta's params.json carries only the flag. A Hugging Face-style `rope_scaling` dict in params wins;
+    otherwise the factor is 32 for Llama 3.2's text models (dim <= 3072: 1B, 3B) and 8 for Llama 3.1
+    (dim >= 4096: 8B, 70B, 405B, and 3.2's vision models built on them), as Meta and HF publish them."""
+    given = params.get("rope_scaling")
+    if given:
+        return {
+            "factor": float(given["factor"]),
+            "low_freq_factor": float(given.get("low_freq_factor", 1.0)),
+            "high_freq_factor": float(given.get("high_freq_factor", 4.0)),
+            "original_max_position_embeddings": int(given.get("original_max_position_embeddings", 8192)),
+        }
+    if not params.get("use_scaled_rope", False):
+        return None
+    factor = 32.0 if params["dim"] <= 3072 else 8.0
+    return {"factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
+
+def transformer_block(
+    x: torch.Tensor,
+    weights: dict,
+    layer: int,
+    params: dict,
+    freqs_cis: torch.Tensor,
+    mask: torch.Tensor,
+    cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+    start_pos: int = 0,
+) -> torch.Tensor:
+    """x: [T, dim] -> [T, dim]. Pre-norm block: each residual adds to the un-normalised stream x."""
+
+    def w(name):  # this layer's tensor, in the compute dtype (a no-op when they already agree)
+        return weights[f"layers.{layer}.{name}.weight"].to(x.dtype)
+
+    n_heads = params["n_heads"]
+    n_kv_heads = params.get("n_kv_heads") or n_heads
+    eps = params["norm_eps"]
+    h = x + attention(
+        rms_norm(x, w("attention_norm"), eps),
+        w("attention.wq"), w("attention.wk"), w("attention.wv"), w("attention.wo"),
+        freqs_cis, mask, n_heads, n_kv_heads, cache, start_pos,
+    )
+    return h + feed_forward(rms_norm(h, w("ffn_norm"), eps), w("feed_forward.w1"), w("feed_forward.w2"), w("feed_forward.w3"))
+
+
+def forward(
+    weights: dict,
+    params: dict,
+    tokens,
+    start_pos: int = 0,
+    caches: list | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """tokens: [T] ids -> float32 logits [T, vocab], one row per token (row t predicts token t+1).
+
+    `dtype` is the compute dtype: float32 is the exact mode. `caches`: optional per-layer
+    (cache_k, cache_v) for tokens already seen; then `tokens` are the new ones, at positions start_pos.."""
+    tokens = torch.as_tensor(tokens, dtype=torch.long).reshape(-1)
+    seqlen = tokens.shape[0]
+    head_dim = params["dim"] // params["n_heads"]
+    freqs_cis = precompute_freqs_cis(head_dim, start_pos + seqlen, params["rope_theta"], rope_scaling(params))
+    freqs_cis = freqs_cis[start_pos:]
+    mask = causal_mask(seqlen, start_pos)
+    h = weights["tok_embeddings.weight"][tokens].to(dtype)  # [T, dim]: rows of the stored table, no copy of it
+    for layer in range(params["n_layers"]):
+        cache = caches[layer] if caches is not None else None
+        h = transformer_block(h, weights, layer, params, freqs_cis, mask, cache, start_pos)
+    h = rms_norm(h, weights["norm.weight"].to(dtype), params["norm_eps"])
+    output = weights.get("output.weight", weights["tok_embeddings.weight"])  # 3.2 1B/3B tie the two
+    return (h @ output.to(dtype).T).float()

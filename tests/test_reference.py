@@ -1,0 +1,37 @@
+"""helpers.forward equals Meta's reference Transformer and Hugging Face's LlamaForCausalLM."""
+import pytest
+import torch
+
+from helpers import forward, load_model
+from helpers.reference import hf_logits, meta_logits
+
+TOL = 1e-4  # max |Δlogits| relative to the logits' scale
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize("seqlen", [1, 17, 300])
+@pytest.mark.parametrize("shape", ["gqa4", "mqa", "mha_no_kv_key", "gqa2_scaled"])
+def test_forward_equals_meta_and_hf(checkpoints, shape, seqlen):
+    weights, params = load_model(checkpoints[shape])
+    vocab = weights["tok_embeddings.weight"].shape[0]
+    tokens = torch.randint(0, vocab, (seqlen,), generator=torch.Generator().manual_seed(seqlen))
+    ours = forward(weights, params, tokens)
+    assert ours.shape == (seqlen, vocab) and ours.dtype == torch.float32
+    meta = meta_logits(weights, params, tokens)
+    hf = hf_logits(weights, params, tokens)
+    print(f"{shape} T={seqlen}: |Δ| vs Meta {rel_err(ours, meta):.2e}, vs HF {rel_err(ours, hf):.2e}")
+    assert rel_err(ours, meta) <= TOL
+    assert rel_err(ours, hf) <= TOL
+    assert torch.equal(ours.argmax(-1), meta.argmax(-1))
+    assert torch.equal(ours.argmax(-1), hf.argmax(-1))
+
+
+def test_tiny_model_equals_meta_and_hf(tiny):
+    weights, params, tokenizer = tiny
+    tokens = tokenizer.encode("the answer to the ultimate question of life", bos=True, eos=False)
+    ours = forward(weights, params, tokens)
+    assert rel_err(ours, meta_logits(weights, params, tokens)) <= TOL
+    assert rel_err(ours, hf_logits(weights, params, tokens)) <= TOL
