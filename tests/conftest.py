@@ -1,22 +1,10 @@
 """Shared fixtures: the tiny model (trained once per machine) and random checkpoints of odd shapes."""
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/checkpoints.py
-
-# Tests always use the tiny model, even on a machine that has the 8B: reproducible everywhere.
-os.environ.pop("LLAMA3_DIR", None)
-
-
-def pytest_sessionstart(session):
-    # Train the tiny model before any notebook starts, so no notebook cell shows a progress bar.
-    from helpers.tiny import ensure_tiny
-
-    ensure_tiny()
-
 
 @pytest.fixture(scope="session")
 def tiny_dir():

@@ -35,3 +35,17 @@ def test_tiny_model_equals_meta_and_hf(tiny):
     ours = forward(weights, params, tokens)
     assert rel_err(ours, meta_logits(weights, params, tokens)) <= TOL
     assert rel_err(ours, hf_logits(weights, params, tokens)) <= TOL
+
+
+def test_comparison_catches_hf_permuted_rows(checkpoints):
+    """The check is live: q/k rows in Hugging Face's order fed to Meta's RoPE give different logits."""
+    from helpers.reference import permute_for_hf
+
+    weights, params = load_model(checkpoints["gqa4"])
+    tokens = torch.arange(20)
+    wrong = dict(weights)
+    for i in range(params["n_layers"]):
+        for name, heads in (("wq", params["n_heads"]), ("wk", params["n_kv_heads"])):
+            key = f"layers.{i}.attention.{name}.weight"
+            wrong[key] = permute_for_hf(weights[key].float(), heads)
+    assert rel_err(forward(wrong, params, tokens), meta_logits(weights, params, tokens)) > 100 * TOL
