@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .layers import attention, causal_mask, feed_forward, precompute_freqs_cis, rms_norm
+from .layers import attention, causal_mask, feed_forward, linear, precompute_freqs_cis, rms_norm
 
 
 def rope_scaling(params: dict) -> dict | None:
@@ -63,11 +63,13 @@ def forward(
     start_pos: int = 0,
     caches: list | None = None,
     dtype: torch.dtype = torch.float32,
+    last_only: bool = False,
 ) -> torch.Tensor:
     """tokens: [T] ids -> float32 logits [T, vocab], one row per token (row t predicts token t+1).
 
     `dtype` is the compute dtype: float32 is the exact mode. `caches`: optional per-layer
-    (cache_k, cache_v) for tokens already seen; then `tokens` are the new ones, at positions start_pos.."""
+    (cache_k, cache_v) for tokens already seen; then `tokens` are the new ones, at positions start_pos..
+    `last_only`: logits for the last token only ([1, vocab]), all that choosing the next token needs."""
     tokens = torch.as_tensor(tokens, dtype=torch.long).reshape(-1)
     seqlen = tokens.shape[0]
     head_dim = params["dim"] // params["n_heads"]
@@ -78,6 +80,8 @@ def forward(
     for layer in range(params["n_layers"]):
         cache = caches[layer] if caches is not None else None
         h = transformer_block(h, weights, layer, params, freqs_cis, mask, cache, start_pos)
+    if last_only:
+        h = h[-1:]
     h = rms_norm(h, weights["norm.weight"].to(dtype), params["norm_eps"])
     output = weights.get("output.weight", weights["tok_embeddings.weight"])  # 3.2 1B/3B tie the two
-    return (h @ output.to(dtype).T).float()
+    return linear(h, output.to(dtype)).float()

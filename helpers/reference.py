@@ -6,13 +6,15 @@ Both are float32 copies of the weights: use them on small models or on a few lay
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import tempfile
 
 import torch
 
 from .errors import LlamaError
-from .layers import ffn_hidden_dim
+from .layers import apply_rope_scaling, ffn_hidden_dim
 from .model import rope_scaling
 
 
@@ -33,7 +35,8 @@ def init_model_parallel() -> None:
         os.remove(path)
         dist.init_process_group("gloo", init_method=f"file://{path}", rank=0, world_size=1)
     if not fs_init.model_parallel_is_initialized():
-        fs_init.initialize_model_parallel(1)
+        with contextlib.redirect_stdout(io.StringIO()):  # fairscale announces itself on stdout
+            fs_init.initialize_model_parallel(1)
 
 
 def meta_transformer(weights: dict, params: dict, max_seq_len: int = 2048):
@@ -54,9 +57,18 @@ def meta_transformer(weights: dict, params: dict, max_seq_len: int = 2048):
     for layer in model.layers:  # the KV caches were made on the meta device: make real ones
         layer.attention.cache_k = torch.zeros(1, max_seq_len, n_kv, head_dim)
         layer.attention.cache_v = torch.zeros(1, max_seq_len, n_kv, head_dim)
-    model.freqs_cis = model_mod.precompute_freqs_cis(
-        head_dim, max_seq_len * 2, params["rope_theta"], params.get("use_scaled_rope", False)
-    )
+    # Meta's `apply_scaling` hard-codes Llama 3.1's factor 8 (llama-models issue #166). For a checkpoint that
+    # needs other numbers (3.2: 32) Meta's code runs with them patched in, so the comparison checks the rest;
+    # the scaling itself is checked against Hugging Face's implementation (tests/test_rope_scaling.py).
+    scaling = rope_scaling(params)
+    meta_default = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    original = model_mod.apply_scaling
+    if scaling is not None and scaling != meta_default:
+        model_mod.apply_scaling = lambda freqs: apply_rope_scaling(freqs, **scaling)
+    try:
+        model.freqs_cis = model_mod.precompute_freqs_cis(head_dim, max_seq_len * 2, params["rope_theta"], scaling is not None)
+    finally:
+        model_mod.apply_scaling = original
     return model.eval()
 
 
@@ -99,35 +111,36 @@ def hf_config(weights: dict, params: dict):
     )
 
 
-def to_hf_state_dict(weights: dict, params: dict) -> dict:
-    """Meta's key names and q/k row order -> Hugging Face's `LlamaForCausalLM` state dict (float32)."""
+def to_hf_state_dict(weights: dict, params: dict, dtype: torch.dtype = torch.float32) -> dict:
+    """Meta's key names and q/k row order -> Hugging Face's `LlamaForCausalLM` state dict in `dtype`
+    (tensors already in `dtype` are shared, not copied; the permuted q/k rows are always new tensors)."""
     n_heads = params["n_heads"]
     n_kv = params.get("n_kv_heads") or n_heads
-    sd = {"model.embed_tokens.weight": weights["tok_embeddings.weight"].float(),
-          "model.norm.weight": weights["norm.weight"].float(),
-          "lm_head.weight": weights.get("output.weight", weights["tok_embeddings.weight"]).float()}
+    sd = {"model.embed_tokens.weight": weights["tok_embeddings.weight"].to(dtype),
+          "model.norm.weight": weights["norm.weight"].to(dtype),
+          "lm_head.weight": weights.get("output.weight", weights["tok_embeddings.weight"]).to(dtype)}
     for i in range(params["n_layers"]):
         m, h = f"layers.{i}.", f"model.layers.{i}."
-        sd[h + "self_attn.q_proj.weight"] = permute_for_hf(weights[m + "attention.wq.weight"].float(), n_heads)
-        sd[h + "self_attn.k_proj.weight"] = permute_for_hf(weights[m + "attention.wk.weight"].float(), n_kv)
-        sd[h + "self_attn.v_proj.weight"] = weights[m + "attention.wv.weight"].float()
-        sd[h + "self_attn.o_proj.weight"] = weights[m + "attention.wo.weight"].float()
-        sd[h + "mlp.gate_proj.weight"] = weights[m + "feed_forward.w1.weight"].float()
-        sd[h + "mlp.down_proj.weight"] = weights[m + "feed_forward.w2.weight"].float()
-        sd[h + "mlp.up_proj.weight"] = weights[m + "feed_forward.w3.weight"].float()
-        sd[h + "input_layernorm.weight"] = weights[m + "attention_norm.weight"].float()
-        sd[h + "post_attention_layernorm.weight"] = weights[m + "ffn_norm.weight"].float()
+        sd[h + "self_attn.q_proj.weight"] = permute_for_hf(weights[m + "attention.wq.weight"].to(dtype), n_heads)
+        sd[h + "self_attn.k_proj.weight"] = permute_for_hf(weights[m + "attention.wk.weight"].to(dtype), n_kv)
+        sd[h + "self_attn.v_proj.weight"] = weights[m + "attention.wv.weight"].to(dtype)
+        sd[h + "self_attn.o_proj.weight"] = weights[m + "attention.wo.weight"].to(dtype)
+        sd[h + "mlp.gate_proj.weight"] = weights[m + "feed_forward.w1.weight"].to(dtype)
+        sd[h + "mlp.down_proj.weight"] = weights[m + "feed_forward.w2.weight"].to(dtype)
+        sd[h + "mlp.up_proj.weight"] = weights[m + "feed_forward.w3.weight"].to(dtype)
+        sd[h + "input_layernorm.weight"] = weights[m + "attention_norm.weight"].to(dtype)
+        sd[h + "post_attention_layernorm.weight"] = weights[m + "ffn_norm.weight"].to(dtype)
     return sd
 
 
-def hf_llama(weights: dict, params: dict):
-    """Hugging Face's `LlamaForCausalLM` holding float32 copies of Meta's `weights` (eager attention)."""
+def hf_llama(weights: dict, params: dict, dtype: torch.dtype = torch.float32, attn: str = "eager"):
+    """Hugging Face's `LlamaForCausalLM` holding Meta's `weights` in `dtype` (float32 copies by default)."""
     transformers = _need("transformers", "transformers")
     config = hf_config(weights, params)
-    config._attn_implementation = "eager"
+    config._attn_implementation = attn
     with torch.device("meta"):
         model = transformers.LlamaForCausalLM(config)
-    model.load_state_dict(to_hf_state_dict(weights, params), assign=True, strict=False)
+    model.load_state_dict(to_hf_state_dict(weights, params, dtype), assign=True, strict=False)
     if config.tie_word_embeddings:
         model.tie_weights()
     # buffers (rotary inv_freq) were made on the meta device: rebuild the rotary embedding for real

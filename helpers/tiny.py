@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .layers import ffn_hidden_dim
 from .model import forward
 from .tokenizer import default_tokenizer_path, load_tokenizer
 from .weights import WEIGHTS_DIR
@@ -51,8 +52,6 @@ LEARNING_RATE = 3e-3
 
 def init_weights(params: dict, vocab_size: int, seed: int) -> dict[str, torch.Tensor]:
     """Random float32 weights with Meta's key names and shapes for `params` (norm gains = 1)."""
-    from .layers import ffn_hidden_dim
-
     g = torch.Generator().manual_seed(seed)
     dim, n_heads = params["dim"], params["n_heads"]
     head_dim, n_kv_heads = dim // n_heads, params.get("n_kv_heads") or n_heads

@@ -136,6 +136,8 @@ def default_model_dir(verbose: bool = True) -> Path:
     """$LLAMA3_DIR if set; else the downloaded 8B in weights/Meta-Llama-3-8B/original/; else the tiny model."""
     if os.environ.get("LLAMA3_DIR"):
         model_dir, why = Path(os.environ["LLAMA3_DIR"]).expanduser(), "from LLAMA3_DIR"
+        if not model_dir.is_absolute() and not model_dir.exists() and (REPO_ROOT / model_dir).exists():
+            model_dir = REPO_ROOT / model_dir  # relative to the repo: notebooks run inside notebooks/
         _check_folder(model_dir)
     elif all((REAL_8B_DIR / f).is_file() for f in META_FILES):
         model_dir, why = REAL_8B_DIR, "downloaded Llama 3 8B"

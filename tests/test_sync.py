@@ -20,6 +20,7 @@ def helpers_functions() -> dict:
     for info in pkgutil.iter_modules(helpers.__path__):
         module = importlib.import_module(f"helpers.{info.name}")
         for name, obj in vars(module).items():
+            obj = inspect.unwrap(obj) if callable(obj) else obj  # see through decorators such as functools.cache
             if (inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__module__ == module.__name__:
                 found[name] = inspect.getsource(obj)
     return found

@@ -149,6 +149,13 @@ def test_llama3_dir_is_honoured(folder, monkeypatch, capsys):
         default_model_dir()
 
 
+def test_relative_llama3_dir_is_taken_from_the_repo_root(monkeypatch, tmp_path, tiny_dir, capsys):
+    # A user sets LLAMA3_DIR=weights/tiny in the repo's root; the notebook kernel runs inside notebooks/.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LLAMA3_DIR", "weights/tiny")
+    assert default_model_dir().resolve() == tiny_dir.resolve()
+
+
 def test_default_is_the_tiny_model(monkeypatch, capsys, tiny_dir):
     monkeypatch.delenv("LLAMA3_DIR", raising=False)
     import helpers.weights as w
