@@ -1,24 +1,30 @@
-"""Command line: `python -m helpers --prompt TEXT` prints what the model says next (greedy)."""
+"""Command line: `python -m helpers --prompt TEXT` streams what the model says next (greedy by default)."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 from .errors import LlamaError
-from .model import forward
+from .fast import choose_mode
+from .generate import encode_dialog, generate_stream, stream_text
 from .tiny import COURSE_PROMPT
 from .tokenizer import load_tokenizer
-from .weights import context_length, default_model_dir, load_model, model_name
+from .weights import default_model_dir, load_model, model_name
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m helpers", description="Run Llama 3 built by hand on a prompt.")
     p.add_argument("--prompt", default=COURSE_PROMPT, help="text to continue (default: the course prompt)")
     p.add_argument("--model-dir", type=Path, help="Meta-format folder (default: $LLAMA3_DIR, the 8B, or the tiny model)")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="stop after this many new tokens (default 32)")
+    p.add_argument("--max-new-tokens", type=int, default=32,
+                   help="stop after this many new tokens (default 32; fewer if the context is full)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); higher = more random")
+    p.add_argument("--top-p", type=float, default=1.0, help="sample only from the nucleus of this mass (default 1)")
+    p.add_argument("--seed", type=int, help="seed for sampling: the same seed prints the same text")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in Llama 3's chat template")
+    p.add_argument("--dtype", default="auto", help="compute dtype: auto (default: float32 for small models, "
+                   "else whichever this CPU runs faster), bfloat16 or float32; or set LLAMA3_DTYPE")
     return p.parse_args(argv)
 
 
@@ -29,20 +35,20 @@ def run(args) -> None:
         raise LlamaError("--max-new-tokens must be at least 1.")
     model_dir = args.model_dir or default_model_dir(verbose=False)
     weights, params = load_model(model_dir)
+    weights, dtype = choose_mode(weights, args.dtype)
     tokenizer = load_tokenizer(model_dir)
-    print(f"[model: {model_name(model_dir)}]", file=sys.stderr)
-    tokens = tokenizer.encode(args.prompt, bos=True, eos=False)
-    limit = context_length(params)
-    if len(tokens) + 1 > limit:
-        raise LlamaError(f"The prompt is {len(tokens)} tokens but the model's context holds {limit}: shorten it.")
-    new = []
-    with torch.inference_mode():
-        for _ in range(min(args.max_new_tokens, limit - len(tokens))):
-            next_token = int(forward(weights, params, tokens + new)[-1].argmax())
-            if next_token in tokenizer.stop_tokens:
-                break
-            new.append(next_token)
-    print(tokenizer.decode(new))
+    if args.chat:
+        tokens = encode_dialog(tokenizer, [{"role": "user", "content": args.prompt}])
+    else:
+        tokens = tokenizer.encode(args.prompt, bos=True, eos=False)
+    new_tokens = generate_stream(  # checks the arguments (context, temperature, top-p) before any output
+        weights, params, tokens, args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+        stop_tokens=tokenizer.stop_tokens, seed=args.seed, dtype=dtype,
+    )
+    print(f"[model: {model_name(model_dir)}, computing in {str(dtype).replace('torch.', '')}]", file=sys.stderr)
+    for text in stream_text(tokenizer, new_tokens):
+        print(text, end="", flush=True)
+    print()
 
 
 def main(argv=None) -> int:
@@ -53,7 +59,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("\ninterrupted", file=sys.stderr)
         return 130
     return 0
 
