@@ -1,4 +1,8 @@
 """Llama 3 by hand: the finished functions of the course, one small module per concept."""
+import warnings
+
+# tqdm.auto (imported by transformers and huggingface_hub) warns on stderr in Jupyter without ipywidgets.
+warnings.filterwarnings("ignore", message="IProgress not found")
 from .errors import LlamaError
 from .layers import (
     apply_rope_scaling,
@@ -7,6 +11,7 @@ from .layers import (
     causal_mask,
     feed_forward,
     ffn_hidden_dim,
+    linear,
     precompute_freqs_cis,
     repeat_kv,
     rms_norm,
@@ -24,3 +29,6 @@ from .weights import (
     model_name,
 )
 from .tiny import COURSE_PROMPT, ensure_tiny
+from .decode import greedy_decode
+from .fast import cast_weights, choose_mode, pick_dtype
+from .generate import encode_dialog, generate, generate_stream, new_kv_cache, sample_top_p, stream_text

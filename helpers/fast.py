@@ -1,0 +1,64 @@
+"""The *fast* mode: compute in the dtype this CPU multiplies fastest, chosen by measuring.
+
+The *exact* mode (float32, what tests and check cells use) upcasts each bf16 weight as it is used: fine for
+small models, slow for big ones (≈ 1 GB/s). The fast mode keeps Meta's stored bf16 weights as they are and
+computes in bf16 where the hardware is quick at it (RMSNorm, RoPE and softmax stay in float32, as in Meta's
+code). On a CPU without fast bf16 the picture flips: then float32 wins, with the weights converted once.
+Override the choice with the `dtype` argument or LLAMA3_DTYPE=bfloat16|float32.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+from .errors import LlamaError
+
+DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32}
+
+
+def gemm_gflops(dtype: torch.dtype, rows: int = 32, dim: int = 2048, reps: int = 5) -> float:
+    """Median GFLOP/s of [rows, dim] @ [dim, dim] in `dtype` (a prompt-sized matrix product)."""
+    a, b = torch.randn(rows, dim).to(dtype), torch.randn(dim, dim).to(dtype)
+    a @ b  # warm-up: the first call picks kernels
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * rows * dim * dim / sorted(times)[len(times) // 2] / 1e9
+
+
+def pick_dtype(dtype: str | torch.dtype | None = None) -> torch.dtype:
+    """The compute dtype: `dtype` if given, else $LLAMA3_DTYPE, else bf16 when a short probe finds bf16
+    matrix products at least 1.5x faster than float32 here, else float32."""
+    choice = dtype if dtype is not None else os.environ.get("LLAMA3_DTYPE", "auto")
+    if isinstance(choice, torch.dtype):
+        return choice
+    choice = choice.lower()
+    if choice == "auto":
+        return torch.bfloat16 if gemm_gflops(torch.bfloat16) >= 1.5 * gemm_gflops(torch.float32) else torch.float32
+    if choice not in DTYPES:
+        raise LlamaError(f"Unknown compute dtype {choice!r}: use bfloat16, float32 or auto.")
+    return DTYPES[choice]
+
+
+def cast_weights(weights: dict, dtype: torch.dtype) -> dict:
+    """The weights in the compute dtype, converted once (not on every use). Tensors already in that dtype
+    are shared, not copied: for Meta's bf16 checkpoint in bf16 mode this copies nothing. The embedding
+    table stays as stored (forward converts only the rows it picks) unless it doubles as the output layer."""
+    tied = "output.weight" not in weights
+    return {k: v if v.dtype == dtype or (k == "tok_embeddings.weight" and not tied) else v.to(dtype)
+            for k, v in weights.items()}
+
+
+def choose_mode(weights: dict, dtype: str | torch.dtype | None = None, exact_below_gb: float = 1.0):
+    """-> (weights, compute dtype) for generation. `dtype` None or "auto": the exact float32 mode for a small
+    checkpoint (the tiny model: quick anyway, and bit-for-bit the tests' numbers), the measured fast dtype
+    for a real one. Weights are converted once here, never per use."""
+    size_gb = sum(t.numel() * t.element_size() for t in weights.values()) / 1e9
+    if dtype in (None, "auto") and os.environ.get("LLAMA3_DTYPE", "auto") == "auto" and size_gb < exact_below_gb:
+        dtype = torch.float32
+    dtype = pick_dtype(dtype)
+    return cast_weights(weights, dtype), dtype

@@ -1,0 +1,253 @@
+#!/usr/bin/env python
+"""Speed and memory: helpers' fast mode against Hugging Face's LlamaForCausalLM, same weights, same run.
+
+    python tests/benchmark.py --shape llama-3.2-1b [--prompt-tokens 17] [--new-tokens 32] [--reps 5]
+
+Builds (once, cached in tests/.cache/) a random Meta-format checkpoint of exactly that shape, then measures in
+separate processes, so that each one's peak memory is its own:
+  - helpers (fast mode): prefill of the prompt, then KV-cached greedy decode, token by token;
+  - Hugging Face LlamaForCausalLM with the same weights and thread count, in bf16 and in float32 (sdpa
+    attention, its KV cache, logits for the last position only), keeping the faster;
+  - the machine's read bandwidth (summing a tensor far larger than the caches), which bounds decode speed:
+    every new token must read every weight once.
+Prints a table, then, as its last line, one JSON object. Times are medians over --reps repetitions.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(__file__).resolve().parent / ".cache"
+# The published shapes (params.json of each model). Only the sizes matter here: the weights are random.
+SHAPES = {
+    "tiny": None,  # helpers.tiny.TINY_PARAMS
+    "llama-3.2-1b": {"dim": 2048, "n_layers": 16, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256,
+                     "ffn_dim_multiplier": 1.5, "multiple_of": 256, "norm_eps": 1e-05, "rope_theta": 500000.0,
+                     "use_scaled_rope": True, "tied": True},
+    "llama-3-8b": {"dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256,
+                   "multiple_of": 1024, "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0},
+}
+
+
+def build_checkpoint(shape: str) -> Path:
+    """A random bf16 Meta-format folder of this shape, written atomically, one tensor at a time."""
+    sys.path.insert(0, str(ROOT))
+    from helpers import default_tokenizer_path, ffn_hidden_dim
+    from helpers.tiny import TINY_PARAMS, ensure_tiny
+
+    if shape == "tiny":
+        return ensure_tiny()
+    folder = CACHE / shape
+    if (folder / "consolidated.00.pth").is_file():
+        return folder
+    p = dict(SHAPES[shape])
+    tied = p.pop("tied", False)
+    dim, n_heads, n_kv = p["dim"], p["n_heads"], p["n_kv_heads"]
+    head_dim, hidden, vocab = dim // n_heads, ffn_hidden_dim(dim, p["multiple_of"], p.get("ffn_dim_multiplier")), p["vocab_size"]
+    g = torch.Generator().manual_seed(0)
+
+    def rand(rows, cols):  # bf16 straight away: an 8B never exists in float32
+        return (torch.randn(rows, cols, generator=g, dtype=torch.bfloat16) * cols ** -0.5)
+
+    w = {"tok_embeddings.weight": rand(vocab, dim)}
+    for i in range(p["n_layers"]):
+        q = f"layers.{i}."
+        w.update({q + "attention.wq.weight": rand(n_heads * head_dim, dim), q + "attention.wk.weight": rand(n_kv * head_dim, dim),
+                  q + "attention.wv.weight": rand(n_kv * head_dim, dim), q + "attention.wo.weight": rand(dim, n_heads * head_dim),
+                  q + "feed_forward.w1.weight": rand(hidden, dim), q + "feed_forward.w2.weight": rand(dim, hidden),
+                  q + "feed_forward.w3.weight": rand(hidden, dim),
+                  q + "attention_norm.weight": torch.ones(dim, dtype=torch.bfloat16),
+                  q + "ffn_norm.weight": torch.ones(dim, dtype=torch.bfloat16)})
+    w["norm.weight"] = torch.ones(dim, dtype=torch.bfloat16)
+    if not tied:
+        w["output.weight"] = rand(vocab, dim)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{shape}-", dir=CACHE))
+    torch.save(w, tmp / "consolidated.00.pth")
+    del w
+    (tmp / "params.json").write_text(json.dumps(p, indent=2))
+    (tmp / "tokenizer.model").write_bytes(default_tokenizer_path().read_bytes())
+    os.rename(tmp, folder)
+    return folder
+
+
+def median_time(fn, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def prompt_tokens(n: int, vocab: int) -> list[int]:
+    return torch.randint(0, min(vocab, 128000), (n,), generator=torch.Generator().manual_seed(1)).tolist()
+
+
+def worker_helpers(folder: Path, args) -> dict:
+    """Prefill and KV-cached decode with helpers in fast mode."""
+    from helpers import forward, load_model
+    from helpers.fast import cast_weights, pick_dtype
+    from helpers.generate import new_kv_cache
+
+    weights, params = load_model(folder)
+    dtype = pick_dtype(args.dtype)
+    weights = cast_weights(weights, dtype)
+    tokens = prompt_tokens(args.prompt_tokens, weights["tok_embeddings.weight"].shape[0])
+    total = args.prompt_tokens + args.new_tokens
+    caches = new_kv_cache(params, total, dtype)
+
+    def prefill():
+        return forward(weights, params, tokens, 0, caches, dtype, last_only=True)
+
+    def decode():
+        logits = prefill()
+        out = []
+        for pos in range(args.prompt_tokens, total):
+            out.append(int(logits[-1].argmax()))
+            logits = forward(weights, params, out[-1:], pos, caches, dtype, last_only=True)
+        return out
+
+    with torch.inference_mode():
+        decode()  # warm-up
+        t_prefill = median_time(prefill, args.reps)
+        t_all = median_time(decode, args.reps)
+        generated = decode()
+    return {"dtype": str(dtype).replace("torch.", ""), "prefill_s": t_prefill,
+            "decode_tok_s": args.new_tokens / max(t_all - t_prefill, 1e-9), "tokens": generated}
+
+
+def worker_hf(folder: Path, args, dtype: torch.dtype) -> dict:
+    """Prefill and KV-cached decode with Hugging Face's model on the same weights."""
+    from transformers import DynamicCache
+
+    from helpers import load_model
+    from helpers.reference import hf_llama
+
+    weights, params = load_model(folder)
+    model = hf_llama(weights, params, dtype=dtype, attn="sdpa")
+    del weights
+    tokens = torch.tensor([prompt_tokens(args.prompt_tokens, model.config.vocab_size)])
+
+    def prefill():
+        cache = DynamicCache(config=model.config)
+        return model(input_ids=tokens, past_key_values=cache, use_cache=True, logits_to_keep=1), cache
+
+    def decode():
+        out, cache = prefill()
+        generated = []
+        for _ in range(args.new_tokens):
+            generated.append(int(out.logits[0, -1].argmax()))
+            out = model(input_ids=torch.tensor([generated[-1:]]), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return generated
+
+    with torch.inference_mode():
+        decode()
+        t_prefill = median_time(prefill, args.reps)
+        t_all = median_time(decode, args.reps)
+        generated = decode()
+    return {"dtype": str(dtype).replace("torch.", ""), "prefill_s": t_prefill,
+            "decode_tok_s": args.new_tokens / max(t_all - t_prefill, 1e-9), "tokens": generated}
+
+
+def read_bandwidth(reps: int) -> float:
+    """GB/s reading memory: summing a 1 GiB tensor, far larger than any cache."""
+    x = torch.ones(256 * 1024 * 1024, dtype=torch.float32)
+    x.sum()
+    return x.numel() * 4 / median_time(x.sum, max(reps, 3)) / 1e9
+
+
+def run_worker(kind: str, args) -> dict:
+    """Run one measurement in a fresh process; add its peak RSS."""
+    cmd = [sys.executable, __file__, "--worker", kind, "--shape", args.shape, "--prompt-tokens", str(args.prompt_tokens),
+           "--new-tokens", str(args.new_tokens), "--reps", str(args.reps), "--threads", str(args.threads)]
+    if args.dtype:
+        cmd += ["--dtype", args.dtype]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        raise SystemExit(f"benchmark worker {kind} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def weight_bytes_per_token(folder: Path) -> int:
+    """Bytes of weights one decode step reads: everything but the embedding table (one row of it is read),
+    unless the table doubles as the output layer."""
+    weights = torch.load(folder / "consolidated.00.pth", mmap=True, weights_only=True)
+    total = sum(t.numel() * t.element_size() for t in weights.values())
+    if "output.weight" in weights:
+        total -= weights["tok_embeddings.weight"].numel() * weights["tok_embeddings.weight"].element_size()
+    return total
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", choices=list(SHAPES), default="llama-3.2-1b")
+    ap.add_argument("--prompt-tokens", type=int, default=17)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--dtype", help="helpers' compute dtype (default: chosen by measuring)")
+    ap.add_argument("--no-hf", action="store_true", help="measure helpers only (the 8B and HF together do not fit 24 GB)")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(ROOT))
+
+    if args.worker:
+        folder = build_checkpoint(args.shape)
+        if args.worker == "helpers":
+            result = worker_helpers(folder, args)
+        elif args.worker == "bandwidth":
+            result = {"read_gb_s": read_bandwidth(args.reps)}
+        else:
+            result = worker_hf(folder, args, {"hf-bf16": torch.bfloat16, "hf-fp32": torch.float32}[args.worker])
+        result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+        print(json.dumps(result))
+        return
+
+    folder = build_checkpoint(args.shape)
+    ckpt_gb = (folder / "consolidated.00.pth").stat().st_size / 1e9
+    ours = run_worker("helpers", args)
+    hf_runs = {} if args.no_hf else {k: run_worker(k, args) for k in ("hf-bf16", "hf-fp32")}
+    bandwidth = run_worker("bandwidth", args)["read_gb_s"]
+    bound = bandwidth * 1e9 / weight_bytes_per_token(folder)  # tokens/s if decode only read the weights
+
+    rows = [("helpers (fast, " + ours["dtype"] + ")", ours)] + [(f"Hugging Face ({r['dtype']})", r) for r in hf_runs.values()]
+    print(f"shape {args.shape}: checkpoint {ckpt_gb:.2f} GB, {args.prompt_tokens} prompt tokens, "
+          f"{args.new_tokens} new tokens, {args.threads} threads, medians of {args.reps}")
+    print(f"{'':28s} {'prefill s':>10s} {'decode tok/s':>13s} {'peak RSS GB':>12s}")
+    for name, r in rows:
+        print(f"{name:28s} {r['prefill_s']:10.3f} {r['decode_tok_s']:13.2f} {r['peak_rss_gb']:12.2f}")
+    print(f"read bandwidth {bandwidth:.1f} GB/s -> decode bound {bound:.2f} tok/s")
+    result = {"shape": args.shape, "checkpoint_gb": ckpt_gb, "threads": args.threads,
+              "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "reps": args.reps,
+              "read_bandwidth_gb_s": bandwidth, "decode_bound_tok_s": bound,
+              "helpers": {k: v for k, v in ours.items() if k != "tokens"}, "peak_rss_gb": ours["peak_rss_gb"],
+              "decode_fraction_of_bandwidth_bound": ours["decode_tok_s"] / bound}
+    if hf_runs:
+        best_prefill = min(r["prefill_s"] for r in hf_runs.values())
+        best_decode = max(r["decode_tok_s"] for r in hf_runs.values())
+        result.update({"hf": {k: {kk: vv for kk, vv in r.items() if kk != "tokens"} for k, r in hf_runs.items()},
+                       "prefill_speedup_vs_hf": best_prefill / ours["prefill_s"],
+                       "decode_speedup_vs_hf": ours["decode_tok_s"] / best_decode,
+                       "same_tokens_as_hf": {k: r["tokens"] == ours["tokens"] for k, r in hf_runs.items()}})
+        print(f"vs the faster Hugging Face setting: prefill {result['prefill_speedup_vs_hf']:.2f}x, "
+              f"decode {result['decode_speedup_vs_hf']:.2f}x")
+    print(f"decode at {result['decode_fraction_of_bandwidth_bound']:.0%} of the bandwidth bound; "
+          f"peak RSS {ours['peak_rss_gb']:.2f} GB for a {ckpt_gb:.2f} GB checkpoint")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""A smoke run of tests/benchmark.py on the tiny shape: it runs, compares with Hugging Face, reports JSON.
+
+(The real measurement is `python tests/benchmark.py --shape llama-3.2-1b`; it is not part of the test run.)"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARK = Path(__file__).parent / "benchmark.py"
+
+
+def test_benchmark_smoke_run_on_tiny_shape():
+    out = subprocess.run([sys.executable, str(BENCHMARK), "--shape", "tiny", "--reps", "1", "--new-tokens", "4"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert any(line.startswith("helpers (fast") for line in lines)  # the readable table
+    result = json.loads(lines[-1])
+    for key in ("prefill_speedup_vs_hf", "decode_speedup_vs_hf", "decode_fraction_of_bandwidth_bound",
+                "peak_rss_gb", "checkpoint_gb", "helpers", "hf", "read_bandwidth_gb_s"):
+        assert key in result, key
+    assert result["prefill_speedup_vs_hf"] > 0 and result["peak_rss_gb"] > 0
+    # the same greedy tokens from both implementations, in the faster setting each
+    assert any(result["same_tokens_as_hf"].values())
