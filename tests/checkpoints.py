@@ -35,7 +35,7 @@ def random_weights(params: dict, vocab_size: int, seed: int, tied: bool = False)
         if k.endswith("norm.weight"):
             w[k] = 1 + 0.3 * torch.randn(v.shape, generator=g)  # non-trivial gains
         else:
-            w[k] = v * 10 / (v.shape[-1] ** 0.5 * 0.02) * 0.1  # std ~ 1/sqrt(fan_in)
+            w[k] = v / (0.02 * v.shape[-1] ** 0.5)  # init_weights gives std 0.02; make it 1/sqrt(fan_in)
     if tied:
         del w["output.weight"]
     return w
