@@ -1,8 +1,11 @@
 """Loaded first by pytest: the suite always runs on the tiny model, trained before any test or notebook."""
 import os
 
-# Tests always use the tiny model, even on a machine that has the 8B: reproducible everywhere.
-os.environ.pop("LLAMA3_DIR", None)
+# Tests always use the tiny model, even on a machine that has downloaded the 8B into weights/ or set
+# LLAMA3_DIR: reproducible everywhere. nbval's kernels inherit this environment, so the notebooks do too.
+os.environ["LLAMA3_DIR"] = "tiny"
+# The compute dtype is chosen by the code under test, not by the machine's environment.
+os.environ.pop("LLAMA3_DTYPE", None)
 
 
 def pytest_sessionstart(session):

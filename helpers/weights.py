@@ -133,13 +133,15 @@ def is_tied(weights: dict) -> bool:
 
 
 def default_model_dir(verbose: bool = True) -> Path:
-    """$LLAMA3_DIR if set; else the downloaded 8B in weights/Meta-Llama-3-8B/original/; else the tiny model."""
-    if os.environ.get("LLAMA3_DIR"):
+    """$LLAMA3_DIR if set ("tiny" forces the tiny model); else the downloaded 8B in
+    weights/Meta-Llama-3-8B/original/; else the tiny model."""
+    choice = os.environ.get("LLAMA3_DIR", "")
+    if choice and choice != "tiny":
         model_dir, why = Path(os.environ["LLAMA3_DIR"]).expanduser(), "from LLAMA3_DIR"
         if not model_dir.is_absolute() and not model_dir.exists() and (REPO_ROOT / model_dir).exists():
             model_dir = REPO_ROOT / model_dir  # relative to the repo: notebooks run inside notebooks/
         _check_folder(model_dir)
-    elif all((REAL_8B_DIR / f).is_file() for f in META_FILES):
+    elif choice != "tiny" and all((REAL_8B_DIR / f).is_file() for f in META_FILES):
         model_dir, why = REAL_8B_DIR, "downloaded Llama 3 8B"
     else:
         from .tiny import ensure_tiny
