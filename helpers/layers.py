@@ -1,6 +1,7 @@
 """The layer functions of Llama 3, one small pure function each.
 
-Every function needs only `torch`, `math` and its arguments, so it can be pasted into any notebook.
+Every function needs only `torch`, `math`, its arguments and the other functions of this module, so the module's
+functions can be pasted into any notebook (tests/test_pasteable.py checks it).
 Shapes: T = tokens in this call, dim = model width, H = n_heads, KV = n_kv_heads, D = head_dim.
 Weights are Meta's tensors as stored ([out_features, in_features]); `x @ w.T` (`linear`) applies one.
 """
@@ -13,7 +14,7 @@ import torch
 
 def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """x: [T, in], w: [out, in] (as Meta stores it) -> x @ w.T: [T, out]. One token (T = 1, every step of a
-    KV-cached decode) takes the matrix-vector kernel: on CPU it reads bf16 weights ~30% faster."""
+    KV-cached decode) is computed as the matrix-vector product w @ x[0]: the same product, another kernel."""
     if x.shape[0] == 1:
         return (w @ x[0])[None]
     return x @ w.T
@@ -56,7 +57,7 @@ def apply_rope_scaling(
 
 
 def precompute_freqs_cis(head_dim: int, end: int, theta: float, scaling: dict | None = None) -> torch.Tensor:
-    """-> complex64 [end, D/2]: entry (m, i) is e^{i·m·θ_i} with θ_i = theta^(-2i/D), position m < end.
+    """-> complex64 [end, D/2]: entry (m, j) is e^{i·m·θ_j}, θ_j = theta^(-2j/D), for position m < end and pair j.
 
     `scaling`: None, or the four numbers of `apply_rope_scaling` as a dict (Llama 3.1 / 3.2)."""
     freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2)[: head_dim // 2].float() / head_dim))
@@ -75,7 +76,8 @@ def apply_rotary_emb(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
 
 
 def causal_mask(seqlen: int, start_pos: int = 0) -> torch.Tensor:
-    """-> [seqlen, start_pos + seqlen]: 0 where token i may look at position j, -inf after it.
+    """-> [seqlen, start_pos + seqlen]: row i is new token i (position start_pos + i); 0 where it may look at
+    position j (j <= start_pos + i), -inf after it.
 
     The first start_pos columns are tokens already in the KV cache: every new token sees them."""
     future = torch.triu(torch.full((seqlen, seqlen), float("-inf")), diagonal=1)

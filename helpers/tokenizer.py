@@ -1,11 +1,13 @@
 """Llama 3's tokenizer: tiktoken BPE over Meta's `tokenizer.model`, plus 256 special tokens.
 
 Encodes exactly as Meta's `llama_models.llama3.tokenizer.Tokenizer` (tests/test_tokenizer.py proves it).
+`bpe_encode` is the same BPE written out in Python (notebook 01): it gives tiktoken's ids, piece by piece.
 """
 from __future__ import annotations
 
 import base64
 import importlib.resources
+import math
 from pathlib import Path
 
 import tiktoken
@@ -33,8 +35,12 @@ SPECIAL_TOKENS = [
     "<|python_tag|>",
     "<|image|>",
 ]
-# tiktoken cannot take more than ~400k characters at once, nor very long runs of one kind
-# (whitespace / non-whitespace): Meta cuts the text into pieces first; we do the same.
+# Meta's tokenizer.py encodes at most 400,000 characters at a time ("The tiktoken tokenizer can handle <=400k
+# chars without pyo3_runtime.PanicException") and cuts runs of whitespace or non-whitespace longer than
+# 25,000 characters (tiktoken issue #195: slow on long runs). We cut exactly as Meta does so that our ids
+# equal Meta's: a cut can change the ids around it ("7" * 25_001 gives one token more than uncut). The cuts
+# still matter for tiktoken 0.14 too: long letter runs are fast now, but one run of 1,000,000 spaces makes
+# it panic (notebook 01, section 10; tests/test_tokenizer.py).
 MAX_ENCODE_CHARS = 400_000
 MAX_NO_WHITESPACES_CHARS = 25_000
 
@@ -58,6 +64,20 @@ def load_bpe_ranks(path: Path) -> dict[bytes, int]:
             token, rank = line.split()
             ranks[base64.b64decode(token)] = int(rank)
     return ranks
+
+
+def bpe_encode(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
+    """One piece cut by the split regex -> its token ids, exactly as tiktoken encodes it."""
+    if piece in ranks:  # tiktoken looks the whole piece up first: some tokens cannot be reached by merging
+        return [ranks[piece]]
+    parts = [piece[i : i + 1] for i in range(len(piece))]  # start from single bytes
+    while len(parts) > 1:
+        # merge the adjacent pair whose joined bytes have the lowest rank (the leftmost one on a tie)
+        rank, i = min((ranks.get(a + b, math.inf), i) for i, (a, b) in enumerate(zip(parts, parts[1:])))
+        if rank == math.inf:  # no adjacent pair joins into a token: done
+            break
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+    return [ranks[p] for p in parts]
 
 
 def split_long_runs(text: str, max_run: int = MAX_NO_WHITESPACES_CHARS):
