@@ -11,11 +11,12 @@ from .layers import attention, causal_mask, feed_forward, linear, precompute_fre
 
 
 def rope_scaling(params: dict) -> dict | None:
-    """The four RoPE-scaling numbers for this checkpoint, or None when `use_scaled_rope` is off.
+    """The four RoPE-scaling numbers for this checkpoint (notebook 05), or None when it uses plain RoPE.
 
-    Meta's params.json carries only the flag. A Hugging Face-style `rope_scaling` dict in params wins;
-    otherwise the factor is 32 for Llama 3.2's text models (dim <= 3072: 1B, 3B) and 8 for Llama 3.1
-    (dim >= 4096: 8B, 70B, 405B, and 3.2's vision models built on them), as Meta and HF publish them."""
+    Meta's params.json carries only the flag `use_scaled_rope`. A Hugging Face-style `rope_scaling` dict in
+    params wins; otherwise, with the flag on, the factor is 32 for dim <= 3072 (Llama 3.2's 1B and 3B text
+    models) and 8 for anything wider (Llama 3.1's 8B, 70B, 405B, and 3.2's vision models built on them), as
+    Meta and HF publish them."""
     given = params.get("rope_scaling")
     if given:
         return {
@@ -84,4 +85,7 @@ def forward(
         h = h[-1:]
     h = rms_norm(h, weights["norm.weight"].to(dtype), params["norm_eps"])
     output = weights.get("output.weight", weights["tok_embeddings.weight"])  # 3.2 1B/3B tie the two
+    # .to(dtype) is free when the table is already in `dtype` (helpers.cast_weights converts once); otherwise,
+    # e.g. bf16 weights in the exact float32 mode, it is a converted copy of the whole [vocab, dim] table on
+    # every call, last_only or not (4 bytes per entry: 2.1 GB for the 8B, notebook 09).
     return linear(h, output.to(dtype)).float()
