@@ -5,7 +5,15 @@ import torch
 from helpers import forward, load_model
 from helpers.reference import hf_logits, meta_logits
 
-TOL = 1e-4  # max |Δlogits| relative to the logits' scale
+# Tolerances on max |Δlogits| relative to the logits' scale (the largest |logit| of the reference), set just
+# above what is measured on the shapes, prompt lengths (1, 17, 300) and the tiny model below:
+# - Meta's reference runs the same operations in the same order: measured 0.0 (bit-identical) everywhere.
+#   1e-6 leaves room for a BLAS that picks another kernel on another CPU, not for a change of formula:
+#   eps outside the square root of RMSNorm, for example, moves the logits by far more.
+# - Hugging Face rotates with cos/sin on half-split pairs and orders sums differently: measured 1.24e-6 at most
+#   (mqa, T=300); 2.8e-7 on the tiny model.
+TOL_META = 1e-6
+TOL_HF = 1e-5
 
 
 def rel_err(a, b):
@@ -23,8 +31,8 @@ def test_forward_equals_meta_and_hf(checkpoints, shape, seqlen):
     meta = meta_logits(weights, params, tokens)
     hf = hf_logits(weights, params, tokens)
     print(f"{shape} T={seqlen}: |Δ| vs Meta {rel_err(ours, meta):.2e}, vs HF {rel_err(ours, hf):.2e}")
-    assert rel_err(ours, meta) <= TOL
-    assert rel_err(ours, hf) <= TOL
+    assert rel_err(ours, meta) <= TOL_META
+    assert rel_err(ours, hf) <= TOL_HF
     assert torch.equal(ours.argmax(-1), meta.argmax(-1))
     assert torch.equal(ours.argmax(-1), hf.argmax(-1))
 
@@ -33,8 +41,8 @@ def test_tiny_model_equals_meta_and_hf(tiny):
     weights, params, tokenizer = tiny
     tokens = tokenizer.encode("the answer to the ultimate question of life", bos=True, eos=False)
     ours = forward(weights, params, tokens)
-    assert rel_err(ours, meta_logits(weights, params, tokens)) <= TOL
-    assert rel_err(ours, hf_logits(weights, params, tokens)) <= TOL
+    assert rel_err(ours, meta_logits(weights, params, tokens)) <= TOL_META
+    assert rel_err(ours, hf_logits(weights, params, tokens)) <= TOL_HF
 
 
 def test_comparison_catches_hf_permuted_rows(checkpoints):
@@ -48,4 +56,4 @@ def test_comparison_catches_hf_permuted_rows(checkpoints):
         for name, heads in (("wq", params["n_heads"]), ("wk", params["n_kv_heads"])):
             key = f"layers.{i}.attention.{name}.weight"
             wrong[key] = permute_for_hf(weights[key].float(), heads)
-    assert rel_err(forward(wrong, params, tokens), meta_logits(weights, params, tokens)) > 100 * TOL
+    assert rel_err(forward(wrong, params, tokens), meta_logits(weights, params, tokens)) > 100 * TOL_HF
