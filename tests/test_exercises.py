@@ -14,6 +14,8 @@ from helpers import exercises as ex
 from helpers.decode import greedy_decode
 from helpers.generate import new_kv_cache, sample_top_p
 
+import exercise_mistakes  # the checkers of notebooks 01, 02, 03, 05, 06, 09, 10, 11 added for issue 16
+
 
 def verdict(capsys, check, fn):
     ok = check(fn)
@@ -33,6 +35,7 @@ REFERENCES = [
     (ex.check_ffn_hidden_dim, helpers.ffn_hidden_dim), (ex.check_feed_forward, helpers.feed_forward),
     (ex.check_transformer_block, helpers.transformer_block), (ex.check_greedy_decode, greedy_decode),
     (ex.check_new_kv_cache, new_kv_cache), (ex.check_sample_top_p, sample_top_p),
+    *exercise_mistakes.REFERENCES,
 ]
 IDS = [c.__name__ for c, _ in REFERENCES]
 
@@ -47,6 +50,13 @@ def test_accepts_the_course_function(capsys, check, reference):
 def test_an_untouched_stub_prints_the_fixed_line(capsys, check, reference):
     ok, out = verdict(capsys, check, stub)
     assert not ok and out.strip().endswith(ex.NOT_DONE)
+
+
+@pytest.mark.parametrize("check, right", exercise_mistakes.ACCEPTED,
+                         ids=[f"{c.__name__}-{r.__name__}" for c, r in exercise_mistakes.ACCEPTED])
+def test_accepts_other_correct_versions(capsys, check, right):
+    ok, out = verdict(capsys, check, right)
+    assert ok and out.startswith("✓"), out
 
 
 def test_every_checker_is_tested():
@@ -299,6 +309,7 @@ WRONG = [
     (ex.check_sample_top_p, top_p_sorted_position, "positions in the sorted order"),
     (ex.check_sample_top_p, top_p_no_cut, "Nothing was cut off"),
     (ex.check_sample_top_p, top_p_no_generator, "same seed gave different draws"),
+    *exercise_mistakes.WRONG,
 ]
 
 

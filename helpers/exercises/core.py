@@ -18,8 +18,76 @@ def clone(args):
     return tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
 
 
-def _differs(got, expected) -> str | None:
-    """None when `got` equals `expected` (tensors: same shape and dtype, close values), else why not."""
+class Raised:
+    """What a call ended with when it raised: equal to another Raised of the same exception class."""
+
+    def __init__(self, error: Exception):
+        self.name, self.message = type(error).__name__, str(error).splitlines()[0][:100] if str(error) else ""
+
+    def __eq__(self, other):
+        return isinstance(other, Raised) and other.name == self.name
+
+    def __repr__(self):
+        return f"{self.name} ({self.message})" if self.message else self.name
+
+
+def outcome(fn):
+    """fn, wrapped so that an exception (other than NotImplementedError) is returned as a Raised, to compare:
+    for functions whose contract includes raising (a wrong params.json must raise LlamaError)."""
+    def call(*args):
+        try:
+            return fn(*args)
+        except NotImplementedError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the learner's code may raise anything
+            return Raised(e)
+    return call
+
+
+def _short(value, limit: int = 160) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + " …" + text[-3:]
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {str(value.dtype).removeprefix('torch.')} tensor of shape {list(value.shape)}"
+    return _short(value)
+
+
+def _differs_plain(got, expected) -> str | None:
+    """None when got == expected for values that are not tensors (lists, dicts, numbers, errors), else why not."""
+    if isinstance(expected, Raised) or isinstance(got, Raised):
+        if got == expected:
+            return None
+        if isinstance(got, Raised):
+            wanted = f"raises {expected.name}" if isinstance(expected, Raised) else f"returns {_describe(expected)}"
+            return f"it raised {got!r} where the course's function {wanted}"
+        return f"it returned {_describe(got)} where the course's function raises {expected.name}"
+    if isinstance(expected, (list, tuple, dict, str)) and not isinstance(got, type(expected)):
+        return f"it returned a {type(got).__name__}, not a {type(expected).__name__}"
+    if isinstance(expected, dict):
+        problems = [f"key {k!r} missing" for k in expected if k not in got][:3]
+        problems += [f"key {k!r} should not be there" for k in got if k not in expected][:3]
+        problems += [f"{k!r}: {_short(got[k], 60)} instead of {_short(expected[k], 60)}"
+                     for k in expected if k in got and _differs(got[k], expected[k])][:3]
+        return "; ".join(problems) if problems else None
+    if isinstance(expected, list) and got != expected:
+        at = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
+        return (f"it returned {_short(got)}, expected {_short(expected)} (they differ from index {at} on: "
+                f"{_short(got[at:at + 3], 60)} instead of {_short(expected[at:at + 3], 60)})")
+    try:
+        same = bool(got == expected)
+    except Exception:  # noqa: BLE001 - e.g. a tensor of many elements compared with a number
+        same = False
+    return None if same else f"it returned {_short(got)}, expected {_short(expected)}"
+
+
+def _differs(got, expected, bf16_tol: dict | None = None) -> str | None:
+    """None when `got` equals `expected` (tensors: same shape and dtype, close values), else why not.
+    bf16_tol: the tolerance for bf16 results, when a checker needs a stricter one than the default 2e-2."""
+    if isinstance(got, Raised) or isinstance(expected, Raised):
+        return _differs_plain(got, expected)
     if isinstance(expected, torch.Tensor):
         if not isinstance(got, torch.Tensor):
             return f"it returned a {type(got).__name__}, not a tensor"
@@ -32,18 +100,19 @@ def _differs(got, expected) -> str | None:
         if expected.is_complex() or expected.dtype == torch.float32:
             tol = dict(rtol=1e-4, atol=1e-5)
         else:
-            tol = dict(rtol=2e-2, atol=2e-2)  # bf16 keeps 8 significant bits; the order of operations may differ
+            tol = bf16_tol or dict(rtol=2e-2, atol=2e-2)  # bf16 keeps 8 significant bits; the order of operations may differ
         same_inf = torch.equal(torch.isinf(got), torch.isinf(expected)) if expected.is_floating_point() else True
         if same_inf and torch.allclose(got, expected, equal_nan=False, **tol):
             return None
         finite = torch.isfinite(got) & torch.isfinite(expected) if expected.is_floating_point() else None
         err = (got - expected)[finite].abs().max().item() if finite is not None and finite.any() else float("nan")
         return f"its values differ (largest difference {err:.3g})" if same_inf else "its -inf entries are in other places"
-    return None if got == expected else f"it returned {got!r}, expected {expected!r}"
+    return _differs_plain(got, expected)
 
 
-def run_checks(name: str, fn, reference, cases, mistakes=()) -> bool:
-    """cases: [(label, args)]; mistakes: [(hint, wrong_fn)]. Prints one verdict; True when every case agrees."""
+def run_checks(name: str, fn, reference, cases, mistakes=(), bf16_tol: dict | None = None) -> bool:
+    """cases: [(label, args)]; mistakes: [(hint, wrong_fn)]. Prints one verdict; True when every case agrees.
+    bf16_tol: a stricter tolerance for comparing bf16 results with the reference (mistakes still match loosely)."""
     for label, args in cases:
         expected = reference(*clone(args))
         try:
@@ -54,7 +123,7 @@ def run_checks(name: str, fn, reference, cases, mistakes=()) -> bool:
         except Exception as e:  # noqa: BLE001 - the learner's code may raise anything
             print(f"✗ {name} raised {type(e).__name__} ({e}) on {label}.")
             return False
-        problem = _differs(got, expected)
+        problem = _differs(got, expected, bf16_tol)
         if problem is None:
             continue
         for hint, wrong in mistakes:
@@ -68,6 +137,44 @@ def run_checks(name: str, fn, reference, cases, mistakes=()) -> bool:
         return False
     print(f"✓ {name} agrees with the course's function on all {len(cases)} inputs.")
     return True
+
+
+def _agrees(got, wrong, args) -> bool:
+    try:
+        return _differs(got, wrong(*clone(args))) is None
+    except Exception:  # noqa: BLE001 - a mistake that cannot run on this input is not the one
+        return False
+
+
+def run_checks_all(name: str, fn, reference, cases, mistakes=()) -> bool:
+    """Like run_checks, but `fn` runs on every case first, and the hint is the mistake that reproduces all of its
+    wrong answers and agrees with it on the most cases. For checkers whose wrong answers look alike case by case
+    (two different mistakes both make a valid checkpoint raise): the pattern over all cases tells them apart."""
+    results = []
+    for label, args in cases:
+        try:
+            results.append(fn(*clone(args)))
+        except NotImplementedError:
+            print(f"{name}: {NOT_DONE}")
+            return False
+        except Exception as e:  # noqa: BLE001 - the learner's code may raise anything
+            print(f"✗ {name} raised {type(e).__name__} ({e}) on {label}.")
+            return False
+    problems = [(i, _differs(got, reference(*clone(args)))) for i, (got, (_, args)) in enumerate(zip(results, cases))]
+    wrong_at = [(i, problem) for i, problem in problems if problem is not None]
+    if not wrong_at:
+        print(f"✓ {name} agrees with the course's function on all {len(cases)} inputs.")
+        return True
+    first, problem = wrong_at[0]
+    best, best_score = None, -1
+    for hint, wrong in mistakes:
+        agree = [_agrees(got, wrong, args) for got, (_, args) in zip(results, cases)]
+        if all(agree[i] for i, _ in wrong_at) and sum(agree) > best_score:
+            best, best_score = hint, sum(agree)
+    more = f" (and on {len(wrong_at) - 1} more of the {len(cases)} inputs)" if len(wrong_at) > 1 else ""
+    looks = f" It looks like this mistake: {best}" if best else ""
+    print(f"✗ {name} is wrong on {cases[first][0]}: {problem}{more}.{looks}")
+    return False
 
 
 def randn(*shape, g, scale=1.0, dtype=torch.float32):
