@@ -8,6 +8,10 @@ Only the repo's original/ folder is fetched (params.json, tokenizer.model, conso
 format the notebooks read, never the Hugging Face-format safetensors beside it. The files land in
 DIR/original/ (DIR defaults to weights/<repo name>/), the folder LLAMA3_DIR names.
 
+The 70B and 405B come in several shards (consolidated.00.pth ... , one per GPU of Meta's tensor
+parallelism, notebook 14); the 405B's repos keep two cuts, original/mp16/ (16 shards) and original/mp8/
+(8 shards): `3.1-405b` fetches the first, `3.1-405b-mp8` the second. Free disk space is checked first.
+
 The token comes from HF_TOKEN or `hf auth login`, as for any huggingface_hub program (HF_ENDPOINT,
 HF_HOME, HF_HUB_OFFLINE, proxies ... work too). We hand it to huggingface_hub and never look at it.
 
@@ -33,16 +37,38 @@ from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"  # = helpers.weights.WEIGHTS_DIR (a test checks)
 
-# short name: (repo id, approximate size of Meta's original/ files in GB)
+
+
+@dataclass(frozen=True)
+class Model:
+    repo_id: str
+    size_gb: float  # approximate size of Meta's files (bf16 weights: 2 bytes per parameter)
+    shards: int = 1  # consolidated.00.pth ... : one per GPU of Meta's tensor parallelism
+    folder: str = "original"  # where the repo keeps Meta's files
+    suffix: str = ""  # appended to the default folder name, for a second cut of the same repo
+
+
+# Sizes: the 8B's and 3.2's files as the Hub lists them; the big ones from their parameter counts (params.json in
+# llama_models/sku_list.py): 70B 70.55e9 parameters -> 141.1 GB, 8 files of 17.6 GB (as the Hub lists them);
+# 405B 405.85e9 -> 811.7 GB in 8 files; its 16-shard cut repeats each KV head twice (n_kv_heads 16): 820.2 GB.
 MODELS = {
-    "8b": ("meta-llama/Meta-Llama-3-8B", 16.1),
-    "8b-instruct": ("meta-llama/Meta-Llama-3-8B-Instruct", 16.1),
-    "3.1-8b": ("meta-llama/Llama-3.1-8B", 16.1),
-    "3.1-8b-instruct": ("meta-llama/Llama-3.1-8B-Instruct", 16.1),
-    "3.2-1b": ("meta-llama/Llama-3.2-1B", 2.5),
-    "3.2-1b-instruct": ("meta-llama/Llama-3.2-1B-Instruct", 2.5),
-    "3.2-3b": ("meta-llama/Llama-3.2-3B", 6.4),
-    "3.2-3b-instruct": ("meta-llama/Llama-3.2-3B-Instruct", 6.4),
+    "8b": Model("meta-llama/Meta-Llama-3-8B", 16.1),
+    "8b-instruct": Model("meta-llama/Meta-Llama-3-8B-Instruct", 16.1),
+    "3.1-8b": Model("meta-llama/Llama-3.1-8B", 16.1),
+    "3.1-8b-instruct": Model("meta-llama/Llama-3.1-8B-Instruct", 16.1),
+    "3.2-1b": Model("meta-llama/Llama-3.2-1B", 2.5),
+    "3.2-1b-instruct": Model("meta-llama/Llama-3.2-1B-Instruct", 2.5),
+    "3.2-3b": Model("meta-llama/Llama-3.2-3B", 6.4),
+    "3.2-3b-instruct": Model("meta-llama/Llama-3.2-3B-Instruct", 6.4),
+    "70b": Model("meta-llama/Meta-Llama-3-70B", 141.1, 8),
+    "70b-instruct": Model("meta-llama/Meta-Llama-3-70B-Instruct", 141.1, 8),
+    "3.1-70b": Model("meta-llama/Llama-3.1-70B", 141.1, 8),
+    "3.1-70b-instruct": Model("meta-llama/Llama-3.1-70B-Instruct", 141.1, 8),
+    "3.3-70b-instruct": Model("meta-llama/Llama-3.3-70B-Instruct", 141.1, 8),
+    "3.1-405b": Model("meta-llama/Llama-3.1-405B", 820.2, 16, "original/mp16"),
+    "3.1-405b-instruct": Model("meta-llama/Llama-3.1-405B-Instruct", 820.2, 16, "original/mp16"),
+    "3.1-405b-mp8": Model("meta-llama/Llama-3.1-405B", 811.7, 8, "original/mp8", "-mp8"),
+    "3.1-405b-instruct-mp8": Model("meta-llama/Llama-3.1-405B-Instruct", 811.7, 8, "original/mp8", "-mp8"),
 }
 DEFAULT_MODEL = "8b"
 SHARD = re.compile(r"consolidated\.\d+\.pth")
@@ -55,13 +81,14 @@ class Abort(Exception):
 
 @dataclass
 class RemoteFile:
-    name: str  # "params.json", "tokenizer.model", "consolidated.00.pth" (in the repo: original/<name>)
+    name: str  # "params.json", "tokenizer.model", "consolidated.00.pth" (in the repo: <folder>/<name>)
     size: int
     checksum: str | None  # "sha256:<hex>" for LFS files, "git-sha1:<hex>" for small ones
+    folder: str = "original"
 
     @property
     def repo_path(self) -> str:
-        return f"original/{self.name}"
+        return f"{self.folder}/{self.name}"
 
 
 def gb(n: int | float) -> str:
@@ -70,62 +97,68 @@ def gb(n: int | float) -> str:
 
 def print_models() -> None:
     print("Llama 3 models (python download_weights.py NAME):\n")
-    for short, (repo_id, size) in MODELS.items():
+    for short, m in MODELS.items():
         name = short + " (default)" * (short == DEFAULT_MODEL)
-        print(f"  {name:<18} {repo_id:<36} ~{size:5.1f} GB")
+        files = "1 file" if m.shards == 1 else f"{m.shards} shards of ~{m.size_gb / m.shards:.1f} GB in {m.folder}/"
+        print(f"  {name:<23} {m.repo_id:<37} ~{m.size_gb:5.1f} GB  {files}")
     print("\nSizes are approximate (Meta's original/ files only); the exact sizes are asked from the Hub before "
-          "downloading.\nAll are gated: accept Meta's license on the model page first "
+          "downloading.\nA model in shards runs merged in one process (it needs that much memory) or across "
+          "processes with torchrun (notebook 14).\nAll are gated: accept Meta's license on the model page first "
           "(README: Getting the real weights).")
 
 
-def resolve_model(model: str) -> str:
-    """A short name, a repo name or a full repo id -> repo id."""
+def resolve(model: str) -> Model:
+    """A short name, a repo name or a full repo id -> the Model (a repo we do not list: its original/ folder)."""
     key = model.lower()
     if key in MODELS:
-        return MODELS[key][0]
-    for repo_id, _ in MODELS.values():
-        if key in (repo_id.lower(), repo_id.split("/")[1].lower()):
-            return repo_id
+        return MODELS[key]
+    for m in MODELS.values():
+        if key in (m.repo_id.lower(), m.repo_id.split("/")[1].lower()):
+            return m
     if "/" in model:
-        return model
+        return Model(model, 0.0)
     raise Abort(f"Unknown model {model!r}: give a short name from --list ({', '.join(MODELS)}) "
                 "or a full repo id such as meta-llama/Llama-3.2-1B.")
 
 
-def default_dir(repo_id: str) -> Path:
-    return WEIGHTS_DIR / repo_id.split("/")[-1]
+def resolve_model(model: str) -> str:
+    """A short name, a repo name or a full repo id -> repo id."""
+    return resolve(model).repo_id
+
+
+def default_dir(repo_id: str, suffix: str = "") -> Path:
+    return WEIGHTS_DIR / (repo_id.split("/")[-1] + suffix)
 
 
 # --- talking to the Hub ---------------------------------------------------------------------------
 
-def list_original(repo_id: str) -> tuple[str, bool, list[RemoteFile]]:
-    """(commit, gated, Meta's files in original/ with sizes and checksums), from one model_info call."""
+def list_original(repo_id: str, where: str = "original") -> tuple[str, bool, list[RemoteFile]]:
+    """(commit, gated, Meta's files in the folder `where` with sizes and checksums), from one model_info call."""
     from huggingface_hub import HfApi
 
     info = HfApi().model_info(repo_id, files_metadata=True)
     files = []
     for s in info.siblings or []:
-        folder, _, name = s.rfilename.partition("/")
-        if folder == "original" and (name in ("params.json", "tokenizer.model") or SHARD.fullmatch(name)):
+        folder, _, name = s.rfilename.rpartition("/")
+        if folder == where and (name in ("params.json", "tokenizer.model") or SHARD.fullmatch(name)):
             checksum = f"sha256:{s.lfs.sha256}" if s.lfs else f"git-sha1:{s.blob_id}" if s.blob_id else None
-            files.append(RemoteFile(name, s.size if s.size is not None else (s.lfs.size if s.lfs else 0), checksum))
-    return info.sha, bool(info.gated), sorted(files, key=lambda f: f.size)
+            size = s.size if s.size is not None else (s.lfs.size if s.lfs else 0)
+            files.append(RemoteFile(name, size, checksum, where))
+    return info.sha, bool(info.gated), sorted(files, key=lambda f: (f.size, f.name))
 
 
-def check_listing(repo_id: str, files: list[RemoteFile]) -> None:
-    """Stop before downloading anything the notebooks could not use."""
+def check_listing(repo_id: str, files: list[RemoteFile], where: str = "original") -> None:
+    """Stop before downloading anything the notebooks could not use: Meta's three kinds of file, every shard."""
     names = {f.name for f in files}
     shards = sorted(n for n in names if SHARD.fullmatch(n))
     if not shards or not {"params.json", "tokenizer.model"} <= names:
-        raise Abort(f"{repo_id} has no original/ folder with Meta's files (params.json, tokenizer.model, "
+        raise Abort(f"{repo_id} has no {where}/ folder with Meta's files (params.json, tokenizer.model, "
                     "consolidated.00.pth): the course reads Meta's format only. "
                     "`--list` shows the Llama 3 repos that have it.")
-    if len(shards) > 1:
-        size = sum(f.size for f in files)
-        raise Abort(f"{repo_id} keeps its checkpoint in {len(shards)} shards "
-                    f"({shards[0]} ... {shards[-1]}, {gb(size)}): "
-                    "that is a 70B-class model, out of scope for the notebooks, which build single-file checkpoints "
-                    "(8B and smaller). Pick a model from --list.")
+    expected = [f"consolidated.{i:02d}.pth" for i in range(len(shards))]
+    if shards != expected:
+        raise Abort(f"{repo_id}'s {where}/ folder numbers its shards {shards[0]} ... {shards[-1]} with gaps "
+                    f"({len(shards)} files): it is incomplete on the Hub; nothing was downloaded.")
 
 
 def login_message(repo_id: str, endpoint: str) -> str:
@@ -163,7 +196,7 @@ def explained(repo_id: str, have_token: bool):
                     "your token may not read gated repos: a fine-grained token needs 'Read access to contents of "
                     "all public gated repos you can access'.") from None
     except RepositoryNotFoundError:
-        if not have_token and repo_id in (r for r, _ in MODELS.values()):  # gated models we know exist
+        if not have_token and repo_id in (m.repo_id for m in MODELS.values()):  # gated models we know exist
             raise Abort(login_message(repo_id, endpoint)) from None
         raise Abort(f"There is no model {repo_id} on {endpoint} (or it is private and "
                     f"{'your token cannot see it' if have_token else 'you are not logged in'}): check the name; "
@@ -288,27 +321,47 @@ def free_space(folder: Path) -> int:
 # --- after the download ---------------------------------------------------------------------------
 
 def verify(orig_dir: Path) -> str:
-    """Load the three files as the notebooks will; return a one-line summary or raise Abort."""
+    """Load the files as the notebooks will (every shard's tensor shapes and norms, without reading the weights
+    themselves); return a one-line summary or raise Abort."""
+    import math
+
     import torch
 
     from helpers import LlamaError, check_weights, load_params, load_tokenizer, load_weights
+    from helpers.shards import check_shard, full_shapes, load_shard, replicated_digest, shard_paths
 
     try:
         params = load_params(orig_dir)
-        weights = load_weights(orig_dir)  # mmap=True, weights_only=True
-        check_weights(weights, params)
+        paths = shard_paths(orig_dir)
+        if len(paths) == 1:
+            weights = load_weights(orig_dir)  # mmap=True, weights_only=True
+            check_weights(weights, params)
+            shapes = {k: tuple(t.shape) for k, t in weights.items() if isinstance(t, torch.Tensor)}
+            dtypes = {str(t.dtype) for t in weights.values() if isinstance(t, torch.Tensor)}
+        else:
+            digests, dtypes = set(), set()
+            for path in paths:  # memory-mapped: only the headers and the norms are read
+                shard = load_shard(path)
+                check_shard(shard, params, len(paths), path)
+                digests.add(replicated_digest(shard))
+                dtypes |= {str(t.dtype) for t in shard.values()}
+            if len(digests) > 1:
+                raise LlamaError("the shards hold different norm weights: they come from different models.")
+            shapes = full_shapes(shard, len(paths))
         tokenizer = load_tokenizer(orig_dir)
     except LlamaError as e:
         raise Abort(f"The downloaded files do not check out: {e}") from None
-    vocab = weights["tok_embeddings.weight"].shape[0]
+    vocab = shapes["tok_embeddings.weight"][0]
     if tokenizer.n_words > vocab:
         raise Abort(f"tokenizer.model has {tokenizer.n_words} tokens but the embedding only {vocab} rows: "
                     "the files come from different models.")
-    n = sum(t.numel() for t in weights.values() if isinstance(t, torch.Tensor))
-    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in weights.values()})
+    n = sum(math.prod(s) for s in shapes.values())
+    dtypes = sorted(d.removeprefix("torch.") for d in dtypes)
     kv = params["n_kv_heads"] or params["n_heads"]
+    files = "" if len(paths) == 1 else f" in {len(paths)} shards"
     return (f"{params['n_layers']} layers, dim {params['dim']}, {params['n_heads']} heads / {kv} KV heads, "
-            f"vocab {vocab}, {n / 1e9:.2f}B parameters in {'/'.join(dtypes)}; tokenizer: {tokenizer.n_words} tokens")
+            f"vocab {vocab}, {n / 1e9:.2f}B parameters in {'/'.join(dtypes)}{files}; "
+            f"tokenizer: {tokenizer.n_words} tokens")
 
 
 # --- the command ----------------------------------------------------------------------------------
@@ -318,15 +371,16 @@ def download(model: str, folder: str | None) -> Path:
     from huggingface_hub import constants
     from huggingface_hub.utils import build_hf_headers
 
-    repo_id = resolve_model(model)
-    model_dir = Path(folder).expanduser().resolve() if folder else default_dir(repo_id)
+    spec = resolve(model)
+    repo_id = spec.repo_id
+    model_dir = Path(folder).expanduser().resolve() if folder else default_dir(repo_id, spec.suffix)
     orig_dir, cache = model_dir / "original", model_dir / ".cache" / "download_weights"
     have_token = "authorization" in build_hf_headers()  # HF_TOKEN or the stored login, as huggingface_hub sees it
     with explained(repo_id, have_token):
-        commit, gated, files = list_original(repo_id)
+        commit, gated, files = list_original(repo_id, spec.folder)
         if gated and not have_token:
             raise Abort(login_message(repo_id, constants.ENDPOINT))
-        check_listing(repo_id, files)
+        check_listing(repo_id, files, spec.folder)
 
         state = load_state(cache)
         if state.get("repo_id", repo_id) != repo_id:
@@ -335,8 +389,10 @@ def download(model: str, folder: str | None) -> Path:
         todo = [f for f in files if not already_here(f, orig_dir, state)]
         partial = {f.name: partial_path(cache, f).stat().st_size if partial_path(cache, f).exists() else 0
                    for f in todo}
-        print(f"{repo_id} (commit {commit[:10]}): Meta's original/ files -> {orig_dir}")
-        for f in files:
+        n_shards = sum(bool(SHARD.fullmatch(f.name)) for f in files)
+        print(f"{repo_id} (commit {commit[:10]}): Meta's {spec.folder}/ files -> {orig_dir}"
+              + (f" ({n_shards} shards, {gb(sum(f.size for f in files))})" if n_shards > 1 else ""))
+        for f in sorted(files, key=lambda f: f.name):
             status = ("already here" if f not in todo else
                       f"to download, resuming at {gb(partial[f.name])}" if partial[f.name] else "to download")
             print(f"  {f.repo_path:<30} {gb(f.size):>10}  {status}")
@@ -395,6 +451,11 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\nTo run the notebooks on this model, set LLAMA3_DIR before starting JupyterLab (e.g. `export` this line):")
     print(f"LLAMA3_DIR={shlex.quote(str(orig_dir))}")
+    n_shards = len(list(orig_dir.glob("consolidated.*.pth")))
+    if n_shards > 1:
+        print(f"It is cut into {n_shards} shards: run it on {n_shards} processes (or a divisor or multiple of {n_shards}) "
+              f"with\ntorchrun --nproc-per-node {n_shards} -m helpers --model-dir {shlex.quote(str(orig_dir))} "
+              "--prompt \"...\"")
     if orig_dir == REAL_8B_DIR:
         print("(This is the default 8B location: the notebooks also find it without LLAMA3_DIR.)")
     return 0

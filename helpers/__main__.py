@@ -1,7 +1,12 @@
-"""Command line: `python -m helpers --prompt TEXT` streams what the model says next (greedy by default)."""
+"""Command line: `python -m helpers --prompt TEXT` streams what the model says next (greedy by default).
+
+Under torchrun (`torchrun --nproc-per-node N -m helpers ...`) the N processes run the model tensor-parallel,
+each on its own piece of the checkpoint (helpers.launch); a folder of several shards run without torchrun is
+merged into one process (helpers.shards)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -34,7 +39,7 @@ def run(args) -> None:
     if args.max_new_tokens < 1:
         raise LlamaError("--max-new-tokens must be at least 1.")
     model_dir = args.model_dir or default_model_dir(verbose=False)
-    weights, params = load_model(model_dir)
+    weights, params = load_model(model_dir)  # a 70B-class folder of several shards is merged
     weights, dtype = choose_mode(weights, args.dtype)
     tokenizer = load_tokenizer(model_dir)
     if args.chat:
@@ -54,6 +59,10 @@ def run(args) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        if "WORLD_SIZE" in os.environ:  # started by torchrun: one of several processes
+            from .launch import run_parallel
+
+            return run_parallel(args)
         run(args)
     except LlamaError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -40,11 +40,10 @@ def _check_folder(model_dir: Path) -> None:
             "which the Hugging Face repo keeps in its original/ folder (python download_weights.py fetches them)."
         )
     shards = sorted(model_dir.glob("consolidated.*.pth"))
-    if len(shards) > 1:
-        raise LlamaError(
-            f"{model_dir} holds a checkpoint in {len(shards)} shards (a 70B or larger model): the course runs "
-            "single-file checkpoints (8B and smaller)."
-        )
+    if len(shards) > 1:  # a 70B or larger, cut for tensor parallelism: helpers.shards reads it (notebook 14)
+        from .shards import check_shard_count
+
+        check_shard_count(model_dir)  # LlamaError when a shard is missing or does not belong
     missing = [f for f in META_FILES if not (model_dir / f).is_file()]
     if missing:
         raise LlamaError(f"{model_dir} lacks {', '.join(missing)}: a Meta-format folder needs {', '.join(META_FILES)}.")
@@ -112,7 +111,12 @@ def check_weights(weights: dict, params: dict) -> None:
 
 
 def load_model(model_dir: str | Path) -> tuple[dict, dict]:
-    """(weights, params) from a Meta-format folder, checked against each other."""
+    """(weights, params) from a Meta-format folder, checked against each other. A folder of several shards
+    (70B and up) is merged tensor by tensor from the memory-mapped files (helpers.shards, notebook 14)."""
+    if len(list(Path(model_dir).glob("consolidated.*.pth"))) > 1:
+        from .shards import load_sharded_model
+
+        return load_sharded_model(model_dir)
     params = load_params(model_dir)
     weights = load_weights(model_dir)
     check_weights(weights, params)
@@ -120,7 +124,7 @@ def load_model(model_dir: str | Path) -> tuple[dict, dict]:
 
 
 def context_length(params: dict) -> int:
-    """How many tokens the model was trained to attend over (params' max_seq_len if given)."""
+    """The longest sequence the code accepts: params' max_seq_len if given, else Meta's context for the family."""
     if params.get("max_seq_len"):
         return int(params["max_seq_len"])
     return CONTEXT_LLAMA_3_1 if params.get("use_scaled_rope") else CONTEXT_LLAMA_3

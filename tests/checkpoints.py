@@ -51,3 +51,17 @@ def make_checkpoint(folder: Path, params: dict, vocab_size: int = 512, seed: int
     (folder / "params.json").write_text(json.dumps({**params, "vocab_size": vocab_size}, indent=2))
     shutil.copyfile(default_tokenizer_path(), folder / "tokenizer.model")
     return folder
+
+
+def make_sharded_checkpoint(folder: Path, params: dict, n_shards: int, vocab_size: int = 512, seed: int = 0,
+                            dtype: torch.dtype = torch.bfloat16, tied: bool = False) -> Path:
+    """Write a random Meta-format model folder cut into n_shards files as Meta cuts the 70B, and return it."""
+    from helpers.shards import save_shards
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = random_weights(params, vocab_size, seed, tied)
+    save_shards({k: v.to(dtype) for k, v in weights.items()}, params, n_shards, folder)
+    (folder / "params.json").write_text(json.dumps({**params, "vocab_size": vocab_size}, indent=2))
+    shutil.copyfile(default_tokenizer_path(), folder / "tokenizer.model")
+    return folder

@@ -16,9 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
-from checkpoints import make_checkpoint
+from checkpoints import make_checkpoint, random_weights
 from fake_hub import GRANTED_TOKEN, PENDING_TOKEN, FakeHub, Repo
+from helpers.shards import save_shards
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "download_weights.py"
@@ -48,17 +50,33 @@ def original(tmp_path_factory) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def hub_server(original):
+def sharded(tmp_path_factory, original) -> dict[str, bytes]:
+    """{name: bytes} of a tiny valid checkpoint cut into 2 shards as Meta cuts the 70B (consolidated.00/01.pth)."""
+    folder = tmp_path_factory.mktemp("sharded")
+    params = json.loads(original["original/params.json"])
+    weights = random_weights(params, params["vocab_size"], seed=4)
+    save_shards({k: v.to(torch.bfloat16) for k, v in weights.items()}, params, 2, folder)
+    return {"params.json": original["original/params.json"], "tokenizer.model": original["original/tokenizer.model"],
+            **{p.name: p.read_bytes() for p in folder.glob("consolidated.*.pth")}}
+
+
+@pytest.fixture(scope="module")
+def hub_server(original, sharded):
     params = json.loads(original["original/params.json"])
     wrong = {**original, "original/params.json": json.dumps({**params, "n_kv_heads": 4}).encode()}
-    shards = {"original/params.json": original["original/params.json"],
-              "original/tokenizer.model": original["original/tokenizer.model"],
-              "original/consolidated.00.pth": b"shard zero", "original/consolidated.01.pth": b"shard one"}
+    gap = {f"original/{n}": b for n, b in sharded.items() if n != "consolidated.00.pth"}  # 00 missing on the Hub
     repos = {
         REPO: Repo({**original, **HF_FORMAT}, gated=True),
         "test-org/wrong-params": Repo({**wrong, **HF_FORMAT}),
         "test-org/huge": Repo({**original, **HF_FORMAT}, advertised_size={CKPT: 10**15}),  # a petabyte
-        "test-org/sharded-70b": Repo({**shards, **HF_FORMAT}),
+        "test-org/sharded-70b": Repo({**{f"original/{n}": b for n, b in sharded.items()}, **HF_FORMAT}),
+        "test-org/sharded-gap": Repo({**gap, **HF_FORMAT}),
+        "test-org/sharded-huge": Repo({**{f"original/{n}": b for n, b in sharded.items()}, **HF_FORMAT},
+                                      advertised_size={"original/consolidated.01.pth": 10**14}),
+        # The 405B's repos keep two cuts of the checkpoint side by side: original/mp16/ and original/mp8/.
+        "meta-llama/Llama-3.1-405B": Repo({**{f"original/mp16/{n}": b for n, b in sharded.items()},
+                                           "original/mp8/params.json": b"{}", "original/mp8/consolidated.00.pth": b"x",
+                                           "original/mp8/tokenizer.model": b"x", **HF_FORMAT}),
         "test-org/hf-format-only": Repo(dict(HF_FORMAT)),
     }
     with FakeHub(repos) as hub:
@@ -256,10 +274,37 @@ def test_corrupted_transfer_is_caught_and_discarded(hub, tmp_path):
     assert not list((tmp_path / "model").rglob("*.part"))
 
 
-def test_sharded_checkpoint_is_out_of_scope(hub, tmp_path):
+def test_sharded_checkpoint_downloads_every_shard_and_verifies(hub, tmp_path, sharded):
     r = run(hub, tmp_path, "test-org/sharded-70b", "--dir", str(tmp_path / "model"))
-    assert r.returncode == 1 and "2 shards" in r.stderr and "70B" in r.stderr and "out of scope" in r.stderr
+    assert r.returncode == 0, r.stderr
+    orig_dir = tmp_path / "model" / "original"
+    assert files_under(orig_dir) == sharded  # both shards, byte-identical
+    assert "(2 shards," in r.stdout  # the listing: every shard with its size, before downloading
+    for name in ("consolidated.00.pth", "consolidated.01.pth"):
+        line = next(line for line in r.stdout.splitlines() if f"original/{name}" in line)
+        assert f"{len(sharded[name]) / 1e6:.1f} MB" in line and "to download" in line
+    assert "OK: 2 layers, dim 64" in r.stdout and "in 2 shards" in r.stdout  # every shard checked
+    assert f"torchrun --nproc-per-node 2 -m helpers --model-dir {orig_dir}" in r.stdout
+
+
+def test_the_405b_cut_comes_from_its_own_subfolder(hub, tmp_path, sharded):
+    r = run(hub, tmp_path, "3.1-405b", "--dir", str(tmp_path / "model"), token=GRANTED_TOKEN)
+    assert r.returncode == 0, r.stderr
+    assert files_under(tmp_path / "model" / "original") == sharded  # from original/mp16/, landed in original/
+    resolved = {q.path.split("/resolve/")[1].split("/", 1)[1] for q in hub.log if "/resolve/" in q.path}
+    assert resolved == {f"original/mp16/{n}" for n in sharded}  # nothing from original/mp8/
+
+
+def test_incomplete_shards_on_the_hub_stop_before_downloading(hub, tmp_path):
+    r = run(hub, tmp_path, "test-org/sharded-gap", "--dir", str(tmp_path / "model"))
+    assert r.returncode == 1 and "with gaps" in r.stderr and "nothing was downloaded" in r.stderr
     assert file_requests(hub) == []
+
+
+def test_disk_space_for_all_shards_is_checked_first(hub, tmp_path):
+    r = run(hub, tmp_path, "test-org/sharded-huge", "--dir", str(tmp_path / "model"))
+    assert r.returncode == 1 and "Not enough disk space" in r.stderr and "100000.0 GB" in r.stderr
+    assert file_requests(hub) == [] and not (tmp_path / "model").exists()
 
 
 def test_repo_without_original_folder(hub, tmp_path):
@@ -285,6 +330,11 @@ def test_list_needs_no_network(hub, tmp_path):
                  "meta-llama/Llama-3.2-3B", "meta-llama/Llama-3.2-3B-Instruct"):
         assert repo in r.stdout
     assert "approximate" in r.stdout and "16.1 GB" in r.stdout
+    for repo, shards in (("meta-llama/Meta-Llama-3-70B ", "8 shards of ~17.6 GB"),
+                         ("meta-llama/Llama-3.1-70B-Instruct", "8 shards"), ("meta-llama/Llama-3.3-70B-Instruct", "8 shards"),
+                         ("meta-llama/Llama-3.1-405B ", "16 shards of ~51.3 GB in original/mp16/")):
+        line = next(line for line in r.stdout.splitlines() if repo in line)
+        assert shards in line and ("141.1 GB" in line or "820.2 GB" in line), line
 
 
 def test_names_and_default_folder_match_the_notebooks():
@@ -299,3 +349,5 @@ def test_names_and_default_folder_match_the_notebooks():
     assert dw.resolve_model("3.2-1B-Instruct") == "meta-llama/Llama-3.2-1B-Instruct"
     assert dw.resolve_model("Llama-3.1-8B") == "meta-llama/Llama-3.1-8B"
     assert dw.resolve_model("someone/own-llama") == "someone/own-llama"
+    assert dw.resolve("3.1-405b-mp8").folder == "original/mp8"
+    assert dw.default_dir("meta-llama/Llama-3.1-405B", dw.resolve("3.1-405b-mp8").suffix).name == "Llama-3.1-405B-mp8"
