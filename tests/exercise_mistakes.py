@@ -169,13 +169,20 @@ def _shape_check(weights, params, n_kv, hidden, layers, need_output=False):
     head_dim = dim // n_heads
     if need_output and "output.weight" not in weights:
         raise LlamaError("no output.weight")
+    vocab = weights["tok_embeddings.weight"].shape[0]
+    if tuple(weights["norm.weight"].shape) != (dim,) or weights["tok_embeddings.weight"].shape[1] != dim:
+        raise LlamaError("norm or embedding")
+    if "output.weight" in weights and tuple(weights["output.weight"].shape) != (vocab, dim):
+        raise LlamaError("output.weight")
     for i in layers:
         for name, shape in [("attention.wq", (n_heads * head_dim, dim)), ("attention.wk", (n_kv * head_dim, dim)),
-                            ("attention.wv", (n_kv * head_dim, dim)), ("feed_forward.w1", (hidden, dim))]:
+                            ("attention.wv", (n_kv * head_dim, dim)), ("attention.wo", (dim, n_heads * head_dim)),
+                            ("feed_forward.w1", (hidden, dim)), ("feed_forward.w3", (hidden, dim)),
+                            ("feed_forward.w2", (dim, hidden)), ("attention_norm", (dim,)), ("ffn_norm", (dim,))]:
             key = f"layers.{i}.{name}.weight"
             if key not in weights or tuple(weights[key].shape) != shape:
                 raise LlamaError(f"{key} has the wrong shape")
-    if weights["tok_embeddings.weight"].shape[0] != params.get("vocab_size", weights["tok_embeddings.weight"].shape[0]):
+    if params.get("vocab_size", -1) not in (-1, vocab):
         raise LlamaError("vocab")
 
 
@@ -198,6 +205,36 @@ def weights_hidden_8_thirds(weights, params):
 def weights_first_layer_only(weights, params):
     hidden = helpers.ffn_hidden_dim(params["dim"], params["multiple_of"], params.get("ffn_dim_multiplier"))
     _shape_check(weights, params, params.get("n_kv_heads") or params["n_heads"], hidden, [0])
+
+
+def weights_partial(weights, params):  # the three checks a first draft makes
+    n_kv = params.get("n_kv_heads") or params["n_heads"]
+    hidden = helpers.ffn_hidden_dim(params["dim"], params["multiple_of"], params.get("ffn_dim_multiplier"))
+    for i in range(params["n_layers"]):
+        if weights.get(f"layers.{i}.attention.wk.weight") is None or \
+                weights[f"layers.{i}.attention.wk.weight"].shape[0] != n_kv * params["dim"] // params["n_heads"]:
+            raise LlamaError(f"layer {i}: wk")
+        if f"layers.{i}.feed_forward.w1.weight" not in weights or \
+                weights[f"layers.{i}.feed_forward.w1.weight"].shape[0] != hidden:
+            raise LlamaError(f"layer {i}: w1")
+    if params.get("vocab_size", -1) not in (-1, len(weights["tok_embeddings.weight"])):
+        raise LlamaError("vocab_size")
+
+
+def weights_vocab_indexed(weights, params):
+    hidden = helpers.ffn_hidden_dim(params["dim"], params["multiple_of"], params.get("ffn_dim_multiplier"))
+    _shape_check(weights, {**params, "vocab_size": -1}, params.get("n_kv_heads") or params["n_heads"], hidden,
+                 range(params["n_layers"]))
+    if params["vocab_size"] != weights["tok_embeddings.weight"].shape[0] and params["vocab_size"] != -1:
+        raise LlamaError("vocab_size")
+
+
+def weights_vocab_minus_one_rejected(weights, params):
+    hidden = helpers.ffn_hidden_dim(params["dim"], params["multiple_of"], params.get("ffn_dim_multiplier"))
+    _shape_check(weights, {**params, "vocab_size": -1}, params.get("n_kv_heads") or params["n_heads"], hidden,
+                 range(params["n_layers"]))
+    if "vocab_size" in params and params["vocab_size"] != weights["tok_embeddings.weight"].shape[0]:
+        raise LlamaError("vocab_size")
 
 
 # --- 03 ----------------------------------------------------------------------------------------------------
@@ -408,6 +445,84 @@ def layer_norm_torch(x, eps):
     return F.layer_norm(x, x.shape[-1:], eps=eps)
 
 
+# --- 04/11 the KV cache --------------------------------------------------------------------------------------
+
+def cache_one_pair_repeated(params, max_seq_len, dtype=torch.float32):
+    n_kv = params.get("n_kv_heads") or params["n_heads"]
+    z = torch.zeros(max_seq_len, n_kv, params["dim"] // params["n_heads"], dtype=dtype)
+    return [(z, z)] * params["n_layers"]
+
+
+def cache_pair_list_repeated(params, max_seq_len, dtype=torch.float32):
+    n_kv = params.get("n_kv_heads") or params["n_heads"]
+    shape = (max_seq_len, n_kv, params["dim"] // params["n_heads"])
+    return [(torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype))] * params["n_layers"]
+
+
+def cache_no_default_dtype(params, max_seq_len, dtype):
+    n_kv = params.get("n_kv_heads") or params["n_heads"]
+    shape = (max_seq_len, n_kv, params["dim"] // params["n_heads"])
+    return [(torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)) for _ in range(params["n_layers"])]
+
+
+# --- dtypes: each checker's own advice ------------------------------------------------------------------------
+
+def freqs_float64_angles(head_dim, end, theta):
+    freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(end, dtype=torch.float64), freqs)
+    return torch.polar(torch.ones_like(angles), angles)
+
+
+def freqs_off_by_a_bit(head_dim, end, theta):
+    freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    return torch.polar(torch.ones(end, head_dim // 2), torch.outer(torch.arange(end).float() * 1.01, freqs))
+
+
+def mask_bool(seqlen, start_pos=0):
+    return torch.ones(seqlen, start_pos + seqlen, dtype=torch.bool).triu(start_pos + 1)
+
+
+def forward_bf16_logits(weights, params, tokens):
+    return helpers.forward(weights, params, tokens).to(torch.bfloat16)
+
+
+# --- finding-6 cases: eps, element types, max_seq_len 0, top-left causal mask -------------------------------------
+
+def block_eps_fixed(x, weights, layer, params, freqs_cis, mask):
+    return helpers.transformer_block(x, weights, layer, {**params, "norm_eps": 1e-6}, freqs_cis, mask)
+
+
+def forward_eps_fixed(weights, params, tokens):
+    h = weights["tok_embeddings.weight"][torch.as_tensor(tokens)].float()
+    head_dim = params["dim"] // params["n_heads"]
+    freqs = helpers.precompute_freqs_cis(head_dim, len(tokens), params["rope_theta"], helpers.rope_scaling(params))
+    for i in range(params["n_layers"]):
+        h = helpers.transformer_block(h, weights, i, params, freqs, helpers.causal_mask(len(tokens)))
+    h = helpers.rms_norm(h, weights["norm.weight"], 1e-5)  # the 8B's value, written in
+    return (h @ weights.get("output.weight", weights["tok_embeddings.weight"]).T).float()
+
+
+def greedy_tensor_ids(weights, params, tokens, max_new_tokens, stop_tokens=()):
+    out = []
+    for _ in range(max_new_tokens):
+        t = helpers.forward(weights, params, list(tokens) + [int(o) for o in out])[-1].argmax()
+        if int(t) in stop_tokens:
+            break
+        out.append(t)
+    return out
+
+
+def ctx_zero_kept(params):
+    if "max_seq_len" in params:
+        return params["max_seq_len"]
+    return 131072 if params.get("use_scaled_rope") else 8192
+
+
+def sdpa_is_causal(q, k, v, attn_mask):
+    out = F.scaled_dot_product_attention(q.float()[None], k.float()[None], v.float()[None], is_causal=True)
+    return out[0].to(q.dtype)
+
+
 REFERENCES = [
     (ex.check_load_bpe_ranks, load_bpe_ranks), (ex.check_bpe_encode, bpe_encode), (ex.check_split_long_runs, split_long_runs),
     (ex.check_load_params, load_params), (ex.check_check_weights, check_weights), (ex.check_layer_norm, layer_norm_torch),
@@ -440,6 +555,21 @@ WRONG = [
     (ex.check_check_weights, weights_need_output, "output.weight required"),
     (ex.check_check_weights, weights_hidden_8_thirds, "feed-forward size"),
     (ex.check_check_weights, weights_first_layer_only, "only some layers checked"),
+    (ex.check_check_weights, weights_partial, "only some tensors checked"),
+    (ex.check_check_weights, weights_vocab_indexed, "params['vocab_size'] read directly"),
+    (ex.check_check_weights, weights_vocab_minus_one_rejected, "vocab_size -1 rejected"),
+    (ex.check_new_kv_cache, cache_one_pair_repeated, "`[…] * n_layers` repeats the same tensors"),
+    (ex.check_new_kv_cache, cache_pair_list_repeated, "make a new pair per layer"),
+    (ex.check_new_kv_cache, cache_no_default_dtype, "no dtype given"),
+    (ex.check_precompute_freqs_cis, freqs_float64_angles, "angles in float32, or .to(torch.complex64)"),
+    (ex.check_precompute_freqs_cis, freqs_off_by_a_bit, "largest difference 0."),
+    (ex.check_causal_mask, mask_bool, "float 0/−inf, not a bool"),
+    (ex.check_forward, forward_bf16_logits, "return float32 logits (.float())"),
+    (ex.check_transformer_block, block_eps_fixed, "norm_eps hard-coded"),
+    (ex.check_forward, forward_eps_fixed, "norm_eps hard-coded"),
+    (ex.check_greedy_decode, greedy_tensor_ids, "is a Tensor; the course's function returns a list of int"),
+    (ex.check_context_length, ctx_zero_kept, "max_seq_len 0 returned"),
+    (ex.check_scaled_dot_product_attention, sdpa_is_causal, "is_causal=True / triu(1) is top-left aligned"),
     (ex.check_layer_norm, ln_unbiased, "divided by n − 1"),
     (ex.check_layer_norm, ln_std_plus_eps, "eps outside the square root"),
     (ex.check_layer_norm, ln_no_centering, "Then it is RMSNorm"),

@@ -2,16 +2,39 @@
 
 Each returns True when `fn` is right. When it is not, it prints which input went wrong and, when the result
 matches a mistake learners often make, names that mistake ("eps outside the square root?"); then it returns
-False. A function that still raises NotImplementedError (an untouched stub) prints one fixed line.
+False. A function that still raises NotImplementedError (an untouched stub) prints one fixed line; a finished
+function that calls another exercise's untouched stub is told which stub it called.
 Inputs come from a fixed seed, so a check prints the same on every run.
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
 
 NOT_DONE = "not done yet: write the function in the cell above, run that cell, then run this one again."
+
+
+def wrapping(fn, wrapper):
+    """wrapper, marked as a wrapper of the learner's fn (inspect.unwrap finds fn): a stub is then told apart
+    from a finished function that calls another exercise's stub."""
+    wrapper.__wrapped__ = fn
+    return wrapper
+
+
+def not_done(name: str, fn, error: NotImplementedError) -> str:
+    """The line for a NotImplementedError: NOT_DONE when fn's own code raised it (the untouched stub), else the
+    name of the stub fn called (a finished function calling another exercise that is not written yet)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    code = getattr(inspect.unwrap(fn), "__code__", None)
+    if tb is None or code is None or tb.tb_frame.f_code is code:
+        return f"{name}: {NOT_DONE}"
+    func = tb.tb_frame.f_code.co_name
+    return (f"✗ {name} called {func}, which is still a stub: finish that exercise first "
+            f"or call helpers.{func}")
 
 
 def clone(args):
@@ -41,7 +64,7 @@ def outcome(fn):
             raise
         except Exception as e:  # noqa: BLE001 - the learner's code may raise anything
             return Raised(e)
-    return call
+    return wrapping(fn, call)
 
 
 def _short(value, limit: int = 160) -> str:
@@ -72,6 +95,12 @@ def _differs_plain(got, expected) -> str | None:
         problems += [f"{k!r}: {_short(got[k], 60)} instead of {_short(expected[k], 60)}"
                      for k in expected if k in got and _differs(got[k], expected[k])][:3]
         return "; ".join(problems) if problems else None
+    if isinstance(expected, list):  # a list of 0-d tensors equals a list of ints, but it is not one
+        odd = next((i for i, (a, b) in enumerate(zip(got, expected)) if type(a) is not type(b)), None)
+        if odd is not None:
+            fix = ": int(t) or t.item()" if isinstance(got[odd], torch.Tensor) else ""
+            return (f"its element {odd} is a {type(got[odd]).__name__}; the course's function returns a list of "
+                    f"{type(expected[odd]).__name__}{fix}")
     if isinstance(expected, list) and got != expected:
         at = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
         return (f"it returned {_short(got)}, expected {_short(expected)} (they differ from index {at} on: "
@@ -83,9 +112,13 @@ def _differs_plain(got, expected) -> str | None:
     return None if same else f"it returned {_short(got)}, expected {_short(expected)}"
 
 
-def _differs(got, expected, bf16_tol: dict | None = None) -> str | None:
+CAST_BACK = "cast the result back (.type_as(x))"
+
+
+def _differs(got, expected, bf16_tol: dict | None = None, dtype_hint: str = CAST_BACK) -> str | None:
     """None when `got` equals `expected` (tensors: same shape and dtype, close values), else why not.
-    bf16_tol: the tolerance for bf16 results, when a checker needs a stricter one than the default 2e-2."""
+    bf16_tol: the tolerance for bf16 results, when a checker needs a stricter one than the default 2e-2;
+    dtype_hint: what to do when the dtype is wrong (the default assumes an input x whose dtype the result keeps)."""
     if isinstance(got, Raised) or isinstance(expected, Raised):
         return _differs_plain(got, expected)
     if isinstance(expected, torch.Tensor):
@@ -94,9 +127,12 @@ def _differs(got, expected, bf16_tol: dict | None = None) -> str | None:
         if got.shape != expected.shape:
             return f"its shape is {list(got.shape)}, expected {list(expected.shape)}"
         if got.dtype != expected.dtype:
+            if expected.is_complex() and got.is_complex():
+                return (f"it returned {got.dtype} where {expected.dtype} was expected: angles in float32, "
+                        f"or .to({expected.dtype})")
             if expected.is_complex():
                 return f"it returned {got.dtype} where {expected.dtype} was expected: make complex numbers (torch.polar)"
-            return f"it returned {got.dtype} where {expected.dtype} was expected: cast the result back (.type_as(x))"
+            return f"it returned {got.dtype} where {expected.dtype} was expected: {dtype_hint}"
         if expected.is_complex() or expected.dtype == torch.float32:
             tol = dict(rtol=1e-4, atol=1e-5)
         else:
@@ -104,26 +140,29 @@ def _differs(got, expected, bf16_tol: dict | None = None) -> str | None:
         same_inf = torch.equal(torch.isinf(got), torch.isinf(expected)) if expected.is_floating_point() else True
         if same_inf and torch.allclose(got, expected, equal_nan=False, **tol):
             return None
-        finite = torch.isfinite(got) & torch.isfinite(expected) if expected.is_floating_point() else None
+        has_inf = expected.is_floating_point() or expected.is_complex()
+        finite = torch.isfinite(got) & torch.isfinite(expected) if has_inf else None
         err = (got - expected)[finite].abs().max().item() if finite is not None and finite.any() else float("nan")
         return f"its values differ (largest difference {err:.3g})" if same_inf else "its -inf entries are in other places"
     return _differs_plain(got, expected)
 
 
-def run_checks(name: str, fn, reference, cases, mistakes=(), bf16_tol: dict | None = None) -> bool:
+def run_checks(name: str, fn, reference, cases, mistakes=(), bf16_tol: dict | None = None,
+               dtype_hint: str = CAST_BACK) -> bool:
     """cases: [(label, args)]; mistakes: [(hint, wrong_fn)]. Prints one verdict; True when every case agrees.
-    bf16_tol: a stricter tolerance for comparing bf16 results with the reference (mistakes still match loosely)."""
+    bf16_tol: a stricter tolerance for comparing bf16 results with the reference (mistakes still match loosely);
+    dtype_hint: the advice when the result has the wrong dtype."""
     for label, args in cases:
         expected = reference(*clone(args))
         try:
             got = fn(*clone(args))
-        except NotImplementedError:
-            print(f"{name}: {NOT_DONE}")
+        except NotImplementedError as e:
+            print(not_done(name, fn, e))
             return False
         except Exception as e:  # noqa: BLE001 - the learner's code may raise anything
             print(f"✗ {name} raised {type(e).__name__} ({e}) on {label}.")
             return False
-        problem = _differs(got, expected, bf16_tol)
+        problem = _differs(got, expected, bf16_tol, dtype_hint)
         if problem is None:
             continue
         for hint, wrong in mistakes:
@@ -154,8 +193,8 @@ def run_checks_all(name: str, fn, reference, cases, mistakes=()) -> bool:
     for label, args in cases:
         try:
             results.append(fn(*clone(args)))
-        except NotImplementedError:
-            print(f"{name}: {NOT_DONE}")
+        except NotImplementedError as e:
+            print(not_done(name, fn, e))
             return False
         except Exception as e:  # noqa: BLE001 - the learner's code may raise anything
             print(f"✗ {name} raised {type(e).__name__} ({e}) on {label}.")

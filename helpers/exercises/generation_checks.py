@@ -10,13 +10,13 @@ from ..generate import encode_dialog, generate, new_kv_cache
 from ..model import forward, rope_scaling, transformer_block
 from ..tokenizer import load_tokenizer
 from ..weights import context_length
-from .core import outcome, run_checks
+from .core import outcome, run_checks, wrapping
 from .model_checks import SMALL, small_model
 
 # --- 09 the whole forward pass ---------------------------------------------------------------------------
 
 
-def _forward_variant(final_norm=True, output="output", scaled=True, kv_key="get", last=False):
+def _forward_variant(final_norm=True, output="output", scaled=True, kv_key="get", last=False, final_eps=None):
     """The course's forward (no cache) with one known mistake switched on."""
     def fwd(weights, params, tokens):
         tokens = torch.as_tensor(tokens, dtype=torch.long).reshape(-1)
@@ -29,7 +29,8 @@ def _forward_variant(final_norm=True, output="output", scaled=True, kv_key="get"
         for layer in range(params["n_layers"]):
             h = transformer_block(h, weights, layer, params, freqs_cis, layers.causal_mask(t))
         h = h[-1:] if last else h
-        h = layers.rms_norm(h, weights["norm.weight"], params["norm_eps"]) if final_norm else h
+        eps = params["norm_eps"] if final_eps is None else final_eps
+        h = layers.rms_norm(h, weights["norm.weight"], eps) if final_norm else h
         if output == "embedding":
             table = weights["tok_embeddings.weight"]
         elif output == "required":
@@ -52,7 +53,8 @@ def check_forward(fn) -> bool:
              ("the small model, one token", (weights, params, [7])),
              ("output tied to the embedding (no output.weight)", (tied, params, [3, 1, 4, 1, 5])),
              ("params without n_kv_heads (one KV head per query head)", (mha_weights, mha, [2, 7, 1, 8])),
-             ("use_scaled_rope (Llama 3.1), rope_theta 500000, 12 tokens", (weights, scaled, list(range(3, 15))))]
+             ("use_scaled_rope (Llama 3.1), rope_theta 500000, 12 tokens", (weights, scaled, list(range(3, 15)))),
+             ("norm_eps 0.1 (a hard-coded eps shows)", (weights, {**params, "norm_eps": 0.1}, [4, 2, 6, 9]))]
     mistakes = [
         ("the final norm skipped? h goes through rms_norm(h, norm.weight, norm_eps) before the output layer.",
          _forward_variant(final_norm=False)),
@@ -64,8 +66,12 @@ def check_forward(fn) -> bool:
          _forward_variant(kv_key="index")),
         ("use_scaled_rope ignored? Pass rope_scaling(params) to precompute_freqs_cis.", _forward_variant(scaled=False)),
         ("only the last row returned? forward gives one row of logits per token: [T, vocab].", _forward_variant(last=True)),
+        *[("norm_eps hard-coded? Read it from params['norm_eps'] (every rms_norm: the blocks' and the final one).",
+           wrong) for eps in (1e-5, 1e-6)
+          for wrong in (lambda w, p, t, eps=eps: forward(w, {**p, "norm_eps": eps}, t), _forward_variant(final_eps=eps))],
     ]
-    return run_checks("forward", outcome(fn), outcome(forward), cases, [(h, outcome(w)) for h, w in mistakes])
+    return run_checks("forward", outcome(fn), outcome(forward), cases, [(h, outcome(w)) for h, w in mistakes],
+                      dtype_hint="return float32 logits (.float())")
 
 
 # --- 10 the context length -------------------------------------------------------------------------------
@@ -77,6 +83,7 @@ def check_context_length(fn) -> bool:
     cases = [("Llama 3 8B's params (no use_scaled_rope key)", (llama3,)),
              ("Llama 3.1 8B's params (use_scaled_rope true)", ({**llama3, "use_scaled_rope": True},)),
              ("params with max_seq_len 512", ({**llama3, "max_seq_len": 512},)),
+             ("params with max_seq_len 0 (not set)", ({**llama3, "max_seq_len": 0},)),
              ("use_scaled_rope and max_seq_len 2048", ({**llama3, "use_scaled_rope": True, "max_seq_len": 2048},)),
              ("use_scaled_rope false", ({**llama3, "use_scaled_rope": False},))]
     mistakes = [
@@ -84,6 +91,8 @@ def check_context_length(fn) -> bool:
          lambda p: 131072 if p.get("use_scaled_rope") else 8192),
         ("use_scaled_rope ignored? Llama 3.1 and 3.2 were trained to 128K tokens: 128 · 1024 = 131072.",
          lambda p: p.get("max_seq_len") or 8192),
+        ("max_seq_len 0 returned? 0 means not set, like a missing key: if params.get('max_seq_len'): …",
+         lambda p: p["max_seq_len"] if "max_seq_len" in p else (131072 if p.get("use_scaled_rope") else 8192)),
         ("128,000 instead of 128 · 1024 = 131,072?", lambda p: p.get("max_seq_len") or (128000 if p.get("use_scaled_rope") else 8192)),
         ("params['max_seq_len'] read directly? Meta's params.json has no such key: params.get('max_seq_len').",
          lambda p: p["max_seq_len"]),
@@ -139,7 +148,7 @@ def check_generate(fn) -> bool:
     ]
 
     def call(f):
-        return outcome(lambda w, p, prompt, n, stops: f(w, p, prompt, n, stop_tokens=stops))
+        return outcome(wrapping(f, lambda w, p, prompt, n, stops: f(w, p, prompt, n, stop_tokens=stops)))
 
     return run_checks("generate", call(fn), call(generate), cases, [(h, call(w)) for h, w in mistakes])
 

@@ -125,7 +125,8 @@ def check_causal_mask(fn) -> bool:
         ("the cached positions left out? With start_pos tokens in the cache the mask is [seqlen, start_pos + seqlen] "
          "and every new token sees all cached ones.", lambda t, s: torch.triu(torch.full((t, t), float("-inf")), diagonal=1)),
     ]
-    return run_checks("causal_mask", fn, layers.causal_mask, cases, mistakes)
+    return run_checks("causal_mask", fn, layers.causal_mask, cases, mistakes,
+                      dtype_hint="the mask is added to the scores: float 0/−inf, not a bool")
 
 
 # --- 07 attention ----------------------------------------------------------------------------------------

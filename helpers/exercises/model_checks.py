@@ -8,7 +8,7 @@ from ..decode import greedy_decode
 from ..generate import new_kv_cache, sample_top_p
 from ..model import forward, transformer_block
 from ..tiny import init_weights
-from .core import NOT_DONE, randn, run_checks
+from .core import not_done, randn, run_checks, wrapping
 
 SMALL = {"dim": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 16, "ffn_dim_multiplier": 1.3,
          "norm_eps": 1e-5, "rope_theta": 10000.0, "use_scaled_rope": False}
@@ -25,17 +25,17 @@ def small_model(seed: int, vocab_size: int = 64) -> tuple[dict, dict]:
 
 # --- 09 one block ----------------------------------------------------------------------------------------
 
-def _block_variant(residual="x", norms=("attention_norm", "ffn_norm"), parallel=False):
+def _block_variant(residual="x", norms=("attention_norm", "ffn_norm"), parallel=False, eps=None):
     def block(x, weights, layer, params, freqs_cis, mask):
         def w(name):
             return weights[f"layers.{layer}.{name}.weight"]
-        n_heads, eps = params["n_heads"], params["norm_eps"]
+        n_heads, norm_eps = params["n_heads"], params["norm_eps"] if eps is None else eps
         n_kv_heads = params.get("n_kv_heads") or n_heads
-        normed = layers.rms_norm(x, w(norms[0]), eps)
+        normed = layers.rms_norm(x, w(norms[0]), norm_eps)
         attn = layers.attention(normed, w("attention.wq"), w("attention.wk"), w("attention.wv"), w("attention.wo"),
                                 freqs_cis, mask, n_heads, n_kv_heads)
         h = {"x": x, "normed": normed, "none": 0}[residual] + attn
-        ffn_in = layers.rms_norm(x if parallel else h, w(norms[1]), eps)
+        ffn_in = layers.rms_norm(x if parallel else h, w(norms[1]), norm_eps)
         out = layers.feed_forward(ffn_in, w("feed_forward.w1"), w("feed_forward.w2"), w("feed_forward.w3"))
         return {"x": h, "normed": h, "none": 0}[residual] + out
     return block
@@ -49,6 +49,9 @@ def check_transformer_block(fn) -> bool:
     cases = [(f"layer {layer}, T {t}", (randn(t, params["dim"], g=g), weights, layer, params,
                                          layers.precompute_freqs_cis(head_dim, t, params["rope_theta"]), layers.causal_mask(t)))
              for layer, t in [(0, 5), (1, 7), (1, 1)]]
+    x = randn(6, params["dim"], g=g, scale=0.1)  # small inputs: the mean square is near eps, a wrong eps shows
+    cases.append(("layer 0, T 6, inputs of size 0.1, norm_eps 1e-3", (x, weights, 0, {**params, "norm_eps": 1e-3},
+                  layers.precompute_freqs_cis(head_dim, 6, params["rope_theta"]), layers.causal_mask(6))))
     mistakes = [
         ("the residual adds the normalised x? The stream that is added to is the un-normalised x: "
          "h = x + attention(attention_norm(x)).", _block_variant(residual="normed")),
@@ -56,6 +59,7 @@ def check_transformer_block(fn) -> bool:
         ("attention_norm and ffn_norm swapped?", _block_variant(norms=("ffn_norm", "attention_norm"))),
         ("the feed-forward fed from x instead of h? The block is sequential: the FFN reads the stream after attention.",
          _block_variant(parallel=True)),
+        *[("norm_eps hard-coded? Read it from params['norm_eps'].", _block_variant(eps=eps)) for eps in (1e-5, 1e-6)],
     ]
     return run_checks("transformer_block", fn, transformer_block, cases, mistakes)
 
@@ -100,6 +104,22 @@ def check_new_kv_cache(fn) -> bool:
     shapes = [dict(SMALL), {**SMALL, "n_kv_heads": 1, "n_layers": 3}, {k: v for k, v in SMALL.items() if k != "n_kv_heads"}]
     cases = [(f"n_layers {p['n_layers']}, n_heads {p['n_heads']}, n_kv_heads {p.get('n_kv_heads')}, L {n}, {dt}", (p, n, dt))
              for p, n, dt in zip(shapes, (8, 5, 3), (torch.float32, torch.bfloat16, torch.float32))]
+    cases.append(("n_layers 3, L 4, no dtype given (the default)", ({**SMALL, "n_layers": 3}, 4)))
+    for label, args in cases:  # zeros compare equal: a cache whose layers share one tensor passes the value check
+        try:
+            tensors = [t for pair in fn(*args) for t in pair]
+            shared = (len({id(t) for t in tensors}) < len(tensors)
+                      or len({t.data_ptr() for t in tensors}) < len(tensors))
+        except NotImplementedError as e:
+            print(not_done("new_kv_cache", fn, e))
+            return False
+        except Exception:  # noqa: BLE001 - run_checks below reports it
+            break
+        if shared:
+            print(f"✗ new_kv_cache is wrong on {label}: its {len(tensors)} tensors are not all distinct (the layers "
+                  "would write into each other's keys and values). `[…] * n_layers` repeats the same tensors: "
+                  "make a new pair per layer.")
+            return False
 
     def as_tensor(caches):  # [n_layers, 2, L, KV, D]
         return torch.stack([torch.stack(list(c)) for c in caches])
@@ -109,7 +129,7 @@ def check_new_kv_cache(fn) -> bool:
 
     mistakes = [("sized by n_heads? With grouped-query attention the cache holds n_kv_heads heads: that is the saving.",
                  lambda *a: as_tensor(sized_by_heads(*a)))]
-    return run_checks("new_kv_cache", lambda *a: as_tensor(fn(*a)), lambda *a: as_tensor(new_kv_cache(*a)), cases, mistakes)
+    return run_checks("new_kv_cache", wrapping(fn, lambda *a: as_tensor(fn(*a))), lambda *a: as_tensor(new_kv_cache(*a)), cases, mistakes)
 
 
 def check_sample_top_p(fn, draws: int = 500) -> bool:
@@ -121,8 +141,8 @@ def check_sample_top_p(fn, draws: int = 500) -> bool:
             repeat = {int(fn(probs.clone(), p, torch.Generator().manual_seed(0))) for _ in range(3)}
             gen = torch.Generator().manual_seed(1)
             seen = {int(fn(probs.clone(), p, gen)) for _ in range(draws)}
-        except NotImplementedError:
-            print(f"sample_top_p: {NOT_DONE}")
+        except NotImplementedError as e:
+            print(not_done("sample_top_p", fn, e))
             return False
         except Exception as e:  # noqa: BLE001 - the learner's code may raise anything
             print(f"✗ sample_top_p raised {type(e).__name__} ({e}) on p = {p}.")

@@ -130,7 +130,9 @@ def check_scaled_dot_product_attention(fn) -> bool:
     def variant(scale=math.sqrt, mask="add", dim=-1):
         def attn(q, k, v, m):
             scores = (q @ k.T / scale(q.shape[-1])).float()
-            scores = {"add": scores + m, "zero": scores.masked_fill(torch.isinf(m), 0.0), "none": scores}[mask]
+            top_left = torch.full(m.shape, float("-inf")).triu(1)  # F.scaled_dot_product_attention's is_causal=True
+            scores = {"add": scores + m, "zero": scores.masked_fill(torch.isinf(m), 0.0), "none": scores,
+                      "top_left": scores + top_left}[mask]
             return torch.softmax(scores, dim=dim).type_as(q) @ v
         return attn
 
@@ -140,6 +142,8 @@ def check_scaled_dot_product_attention(fn) -> bool:
         ("future scores set to 0 instead of −inf (or multiplied by a 0/1 mask)? A score of 0 still gets weight e⁰ "
          "after softmax: add the mask (0 or −inf) to the scores.", variant(mask="zero")),
         ("the mask not used? Each token would see the tokens after it.", variant(mask="none")),
+        ("is_causal=True / triu(1) is top-left aligned: with cached keys pass the explicit mask (attn_mask): "
+         "its −inf entries sit start_pos columns further right.", variant(mask="top_left")),
         ("softmax over the queries? Each query's weights over the keys sum to 1: softmax(dim=-1).", variant(dim=0)),
     ]
     return run_checks("scaled_dot_product_attention", fn, _one_head, cases, mistakes)

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from .. import tokenizer
-from .core import outcome, run_checks
+from .core import outcome, run_checks, wrapping
 
 
 @functools.cache
@@ -142,7 +142,7 @@ def check_split_long_runs(fn) -> bool:
         ("the default max_run is not Meta's 25,000 (MAX_NO_WHITESPACES_CHARS)?",
          lambda t, m=math.inf: [t] if m == math.inf else tokenizer.split_long_runs(t, m)),
     ]
-    as_list = (lambda *a: list(fn(*a)))
+    as_list = wrapping(fn, lambda *a: list(fn(*a)))
     reference = (lambda *a: list(tokenizer.split_long_runs(*a)))
     return run_checks("split_long_runs", as_list, reference, cases,
                       [(h, (lambda w: lambda *a: list(w(*a)))(w)) for h, w in mistakes])

@@ -82,27 +82,42 @@ def _shapes(params: dict, vocab: int, tied: bool = False) -> dict:
     return {k: torch.empty(s, device="meta", dtype=torch.bfloat16) for k, s in shapes.items()}
 
 
-def _check_variant(kv_by_heads=False, need_output=False, hidden=None, layers=None, vocab=True):
-    """A shape check written with one known mistake."""
+def _check_variant(kv_by_heads=False, need_output=False, hidden=None, layers=None, vocab="get", only=None):
+    """A shape check written with one known mistake. only: the tensor names (wq, wo, w1, ffn_norm, …) it looks at;
+    vocab: "get" (right), "index" (params['vocab_size'] read directly), "no_minus_one", or False (not compared)."""
     def check(weights, params):
         dim, n_heads = params["dim"], params["n_heads"]
         n_kv = n_heads if kv_by_heads else (params.get("n_kv_heads") or n_heads)
         head_dim = dim // n_heads
         h = hidden(params) if hidden else ffn_hidden_dim(dim, params["multiple_of"], params.get("ffn_dim_multiplier"))
-        want = {"tok_embeddings.weight": (weights["tok_embeddings.weight"].shape[0], dim)}
+        rows = weights["tok_embeddings.weight"].shape[0]
+        want = {"tok_embeddings.weight": (rows, dim), "norm.weight": (dim,)}
         if need_output or "output.weight" in weights:
-            want["output.weight"] = want["tok_embeddings.weight"]
+            want["output.weight"] = (rows, dim)
+        if only is not None:
+            want = {}
         for i in (layers(params) if layers else range(params["n_layers"])):
-            p = f"layers.{i}."
-            want.update({p + "attention.wq.weight": (n_heads * head_dim, dim), p + "attention.wk.weight": (n_kv * head_dim, dim),
-                         p + "attention.wv.weight": (n_kv * head_dim, dim), p + "feed_forward.w1.weight": (h, dim),
-                         p + "feed_forward.w2.weight": (dim, h)})
+            for name, shape in [("attention.wq", (n_heads * head_dim, dim)), ("attention.wk", (n_kv * head_dim, dim)),
+                                ("attention.wv", (n_kv * head_dim, dim)), ("attention.wo", (dim, n_heads * head_dim)),
+                                ("feed_forward.w1", (h, dim)), ("feed_forward.w2", (dim, h)), ("feed_forward.w3", (h, dim)),
+                                ("attention_norm", (dim,)), ("ffn_norm", (dim,))]:
+                if only is None or name.split(".")[-1] in only:
+                    want[f"layers.{i}.{name}.weight"] = shape
         for name, shape in want.items():
             if name not in weights or tuple(weights[name].shape) != shape:
                 raise course.LlamaError(f"{name} does not match params.json")
-        if vocab and params.get("vocab_size", want["tok_embeddings.weight"][0]) not in (want["tok_embeddings.weight"][0], -1):
+        allowed = (rows,) if vocab == "no_minus_one" else (rows, -1)
+        size = params["vocab_size"] if vocab == "index" else params.get("vocab_size", rows)
+        if vocab and size not in allowed:
             raise course.LlamaError("vocab_size")
     return check
+
+
+def _changed(weights: dict, drop=(), **shapes) -> dict:
+    """weights with some tensors left out (drop) or of another shape (name=shape, dots as __)."""
+    out = {k: v for k, v in weights.items() if k not in drop}
+    out.update({k.replace("__", "."): torch.empty(s, device="meta", dtype=torch.bfloat16) for k, s in shapes.items()})
+    return out
 
 
 def check_check_weights(fn) -> bool:
@@ -116,7 +131,22 @@ def check_check_weights(fn) -> bool:
              ("a layer missing: params say 3 layers, the checkpoint has 2", (_shapes(SMALL, 50), deeper)),
              ("wk sized for 4 KV heads, params say 2", (_shapes({**SMALL, "n_kv_heads": 4}, 50), SMALL)),
              ("w1 made with ffn_dim_multiplier 2.0, params say 1.3", (_shapes({**SMALL, "ffn_dim_multiplier": 2.0}, 50), SMALL)),
-             ("vocab_size 64 in params, 50 rows in the embedding", (_shapes(SMALL, 50), {**SMALL, "vocab_size": 64}))]
+             ("vocab_size 64 in params, 50 rows in the embedding", (_shapes(SMALL, 50), {**SMALL, "vocab_size": 64})),
+             ("layer 1's wq and wo sized for 6 heads of 8, params say 4", (_changed(
+                 _shapes(SMALL, 50), layers__1__attention__wq__weight=(48, 32), layers__1__attention__wo__weight=(32, 48)), SMALL)),
+             ("layer 1's wo sized for 6 heads of 8, params say 4", (_changed(
+                 _shapes(SMALL, 50), layers__1__attention__wo__weight=(32, 48)), SMALL)),
+             ("layer 1's w2 and w3 made with ffn_dim_multiplier 2.0", (_changed(
+                 _shapes(SMALL, 50), layers__1__feed_forward__w2__weight=(32, 96),
+                 layers__1__feed_forward__w3__weight=(96, 32)), SMALL)),
+             ("layer 1's w3 made with ffn_dim_multiplier 2.0", (_changed(
+                 _shapes(SMALL, 50), layers__1__feed_forward__w3__weight=(96, 32)), SMALL)),
+             ("layer 1's ffn_norm missing", (_changed(_shapes(SMALL, 50), drop=("layers.1.ffn_norm.weight",)), SMALL)),
+             ("output.weight 16 wide, params say dim 32", (_changed(_shapes(SMALL, 50), output__weight=(50, 16)), SMALL)),
+             ("matching weights, params without vocab_size", (_shapes(SMALL, 50),
+                                                              {k: v for k, v in SMALL.items() if k != "vocab_size"})),
+             ("matching weights, vocab_size -1 (LLaMA 2's params.json: the tokenizer decides)",
+              (_shapes(SMALL, 50), {**SMALL, "vocab_size": -1}))]
     mistakes = [
         ("wk/wv sized by n_heads? With grouped-query attention they have n_kv_heads * head_dim rows.",
          _check_variant(kv_by_heads=True)),
@@ -129,6 +159,13 @@ def check_check_weights(fn) -> bool:
         ("only some layers checked? Every layer 0 … n_layers-1 must be in the checkpoint.",
          _check_variant(layers=lambda p: range(1))),
         ("vocab_size not compared with the embedding's rows?", _check_variant(vocab=False)),
+        ("only some tensors checked? Every tensor params.json implies must match: wq, wk, wv, wo, w1, w2, w3, both "
+         "norms of every layer, tok_embeddings, norm and output.weight (its width too).",
+         _check_variant(only={"wk", "w1"})),
+        ("params['vocab_size'] read directly? Meta's params.json may leave it out: params.get('vocab_size').",
+         _check_variant(vocab="index")),
+        ("vocab_size -1 rejected? LLaMA 2's params.json says -1 (the tokenizer decides): accept it.",
+         _check_variant(vocab="no_minus_one")),
     ]
     return run_checks_all("check_weights", outcome(fn), outcome(course.check_weights), cases,
                       [(hint, outcome(wrong)) for hint, wrong in mistakes])
