@@ -2,7 +2,8 @@
 
 Same family as the 8B (grouped-query attention with 4 query heads per KV head, SwiGLU with
 ffn_dim_multiplier, RMSNorm, RoPE, the full 128,256-token vocabulary and Meta's tokenizer), only
-narrow and shallow, so it trains in about a minute on two CPU cores. It memorises CORPUS, nothing more.
+narrow and shallow. It memorises CORPUS, nothing more, in 80 full-batch steps on two CPU cores
+(notebook 13 times the run and shows why so few steps suffice).
 """
 from __future__ import annotations
 
