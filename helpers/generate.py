@@ -37,7 +37,8 @@ def new_kv_cache(params: dict, max_seq_len: int, dtype: torch.dtype = torch.floa
 
 def sample_top_p(probs: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """probs: [vocab] or [B, vocab] -> [1] or [B, 1] token ids. Nucleus sampling exactly as Meta's:
-    keep the most likely tokens while the mass *before* each one is at most p, renormalise, draw one."""
+    keep the most likely tokens while the mass *before* each one is at most p, renormalise, draw one.
+    (Holtzman et al. and HF keep them while it is below p: the two differ only when it equals p.)"""
     probs_sort, probs_idx = torch.sort(probs, dim=-1, descending=True)
     probs_sum = torch.cumsum(probs_sort, dim=-1)
     mask = probs_sum - probs_sort > p  # the mass of the more likely tokens already exceeds p
@@ -158,9 +159,10 @@ def encode_header(tokenizer, role: str) -> list[int]:
 
 
 def encode_dialog(tokenizer, messages: list[dict]) -> list[int]:
-    """[{"role": "system"|"user"|"assistant", "content": str}, ...] -> ids, as Meta's
-    ChatFormat.encode_dialog_prompt: <|begin_of_text|>, each message as header + content + <|eot_id|>,
-    then the assistant's header, so that the model's next tokens are the reply."""
+    """[{"role": "system"|"user"|"assistant", "content": str}, ...] -> ids, as llama_models'
+    ChatFormat.encode_dialog_prompt for text messages: <|begin_of_text|>, each message as header +
+    content (as given: not stripped) + <|eot_id|>, then the assistant's header, so that the model's next
+    tokens are the reply."""
     tokens = [tokenizer.special_tokens["<|begin_of_text|>"]]
     for i, message in enumerate(messages):
         role = message.get("role") if isinstance(message, dict) else None
