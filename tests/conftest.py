@@ -6,6 +6,17 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/checkpoints.py
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: a second thread only adds synchronisation (10x slower on a busy machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_dir():
     from helpers.tiny import ensure_tiny
