@@ -147,6 +147,20 @@ def _differs(got, expected, bf16_tol: dict | None = None, dtype_hint: str = CAST
     return _differs_plain(got, expected)
 
 
+_FAILED = object()  # what _call returns once it has printed why the learner's function failed
+
+
+def _call(name: str, fn, label: str, args):
+    """fn(*args) on fresh copies; on an exception, print the one-line verdict and return _FAILED."""
+    try:
+        return fn(*clone(args))
+    except NotImplementedError as e:
+        print(not_done(name, fn, e))
+    except Exception as e:  # noqa: BLE001 - the learner's code may raise anything
+        print(f"✗ {name} raised {type(e).__name__} ({e}) on {label}.")
+    return _FAILED
+
+
 def run_checks(name: str, fn, reference, cases, mistakes=(), bf16_tol: dict | None = None,
                dtype_hint: str = CAST_BACK) -> bool:
     """cases: [(label, args)]; mistakes: [(hint, wrong_fn)]. Prints one verdict; True when every case agrees.
@@ -154,13 +168,8 @@ def run_checks(name: str, fn, reference, cases, mistakes=(), bf16_tol: dict | No
     dtype_hint: the advice when the result has the wrong dtype."""
     for label, args in cases:
         expected = reference(*clone(args))
-        try:
-            got = fn(*clone(args))
-        except NotImplementedError as e:
-            print(not_done(name, fn, e))
-            return False
-        except Exception as e:  # noqa: BLE001 - the learner's code may raise anything
-            print(f"✗ {name} raised {type(e).__name__} ({e}) on {label}.")
+        got = _call(name, fn, label, args)
+        if got is _FAILED:
             return False
         problem = _differs(got, expected, bf16_tol, dtype_hint)
         if problem is None:
@@ -188,13 +197,8 @@ def run_checks_all(name: str, fn, reference, cases, mistakes=()) -> bool:
     (two different mistakes both make a valid checkpoint raise): the pattern over all cases tells them apart."""
     results = []
     for label, args in cases:
-        try:
-            results.append(fn(*clone(args)))
-        except NotImplementedError as e:
-            print(not_done(name, fn, e))
-            return False
-        except Exception as e:  # noqa: BLE001 - the learner's code may raise anything
-            print(f"✗ {name} raised {type(e).__name__} ({e}) on {label}.")
+        results.append(_call(name, fn, label, args))
+        if results[-1] is _FAILED:
             return False
     problems = [(i, _differs(got, reference(*clone(args)))) for i, (got, (_, args)) in enumerate(zip(results, cases))]
     wrong_at = [(i, problem) for i, problem in problems if problem is not None]
