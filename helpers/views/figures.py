@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 
 from matplotlib.figure import Figure as _MplFigure
+from matplotlib.ticker import MaxNLocator
 
 from .compute import rope_scores, rotate_pair
 
@@ -66,7 +67,7 @@ def logit_lens_figure(ids, probs, labels: list[str], tokenizer) -> Figure:
             ax.text(t, layer, token_label(tokenizer, top_ids[layer, t]), ha="center", va="center", fontsize=7,
                     color="white" if top_p[layer, t] > 0.6 else "black")
     ax.set_xticks(range(seqlen), labels, rotation=90, fontsize=7)
-    ax.set_yticks(range(n_layers), [f"{i} blocks done" for i in range(n_layers)], fontsize=7)
+    ax.set_yticks(range(n_layers), [f"{i} block{'' if i == 1 else 's'} done" for i in range(n_layers)], fontsize=7)
     ax.set_xlabel("input token (each column predicts the token after it)")
     fig.colorbar(image, ax=ax, label="probability of the top token")
     return fig
@@ -82,6 +83,8 @@ def rope_figure(q, k, theta: float, positions: int = 16, m: int | None = None, n
     image = axes[0].imshow(scores.numpy(), cmap="coolwarm")
     axes[0].set_xlabel("key position n")
     axes[0].set_ylabel("query position m")
+    axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))  # positions are whole numbers
+    axes[0].yaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_title("score (R_m q)·(R_n k): constant along diagonals", fontsize=9)
     fig.colorbar(image, ax=axes[0], shrink=0.8)
     if m is not None:

@@ -69,7 +69,7 @@ def logit_lens_view(weights: dict, params: dict, tokenizer, tokens, k: int = 5):
 
     def draw(position):
         rows = "".join(
-            f"<tr><td>{layer} blocks done</td>" + "".join(
+            f"<tr><td>{layer} block{'' if layer == 1 else 's'} done</td>" + "".join(
                 f"<td>{html.escape(figures.token_label(tokenizer, i))} <small>{p:.2f}</small></td>"
                 for i, p in zip(ids[layer, position].tolist(), probs[layer, position].tolist())) + "</tr>"
             for layer in range(ids.shape[0]))
