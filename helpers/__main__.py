@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from .devices import describe, pick_device
 from .errors import LlamaError
 from .fast import choose_mode
 from .generate import encode_dialog, generate_stream, stream_text
@@ -29,7 +30,10 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, help="seed for sampling: the same seed prints the same text")
     p.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in Llama 3's chat template")
     p.add_argument("--dtype", default="auto", help="compute dtype: auto (default: float32 for small models, "
-                   "else whichever this CPU runs faster), bfloat16 or float32; or set LLAMA3_DTYPE")
+                   "else bf16/float16 on a GPU, whichever this CPU runs faster on a CPU), bfloat16, float16 or "
+                   "float32; or set LLAMA3_DTYPE")
+    p.add_argument("--device", help="where to compute: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps "
+                   "(default: $LLAMA3_DEVICE, else auto)")
     return p.parse_args(argv)
 
 
@@ -38,9 +42,10 @@ def run(args) -> None:
         raise LlamaError("The prompt is empty: give some text with --prompt.")
     if args.max_new_tokens < 1:
         raise LlamaError("--max-new-tokens must be at least 1.")
+    device = pick_device(args.device, "--device")  # an absent device is said before anything loads
     model_dir = args.model_dir or default_model_dir(verbose=False)
-    weights, params = load_model(model_dir)  # a 70B-class folder of several shards is merged
-    weights, dtype = choose_mode(weights, args.dtype)
+    weights, params = load_model(model_dir)  # memory-mapped; a 70B-class folder of several shards is merged
+    weights, dtype = choose_mode(weights, args.dtype, device=device)  # moved and converted tensor by tensor
     tokenizer = load_tokenizer(model_dir)
     if args.chat:
         tokens = encode_dialog(tokenizer, [{"role": "user", "content": args.prompt}])
@@ -50,7 +55,8 @@ def run(args) -> None:
         weights, params, tokens, args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
         stop_tokens=tokenizer.stop_tokens, seed=args.seed, dtype=dtype,
     )
-    print(f"[model: {model_name(model_dir)}, computing in {str(dtype).replace('torch.', '')}]", file=sys.stderr)
+    print(f"[model: {model_name(model_dir)}, computing in {str(dtype).replace('torch.', '')} on {describe(device)}]",
+          file=sys.stderr)
     for text in stream_text(tokenizer, new_tokens):
         print(text, end="", flush=True)
     print()

@@ -16,7 +16,7 @@ def greedy_decode(weights: dict, params: dict, tokens, max_new_tokens: int, stop
     Each step runs `forward` over all T + k ids so far ([T + k, vocab] logits), appends the argmax of the
     last row, and stops early when that id is in `stop_tokens`. Keep T + max_new_tokens within the model's
     context length (helpers.context_length)."""
-    ids = torch.as_tensor(tokens, dtype=torch.long).reshape(-1).tolist()
+    ids = torch.as_tensor(tokens, dtype=torch.long, device="cpu").reshape(-1).tolist()  # ids, on the host
     new = []
     for _ in range(max_new_tokens):
         next_token = int(forward(weights, params, ids + new)[-1].argmax())

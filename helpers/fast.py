@@ -3,8 +3,9 @@
 The *exact* mode (float32, what tests and check cells use) upcasts each bf16 weight as it is used: fine for
 small models, slow for big ones (≈ 1 GB/s). The fast mode keeps Meta's stored bf16 weights as they are and
 computes in bf16 where the hardware is quick at it (RMSNorm, RoPE and softmax stay in float32, as in Meta's
-code). On a CPU without fast bf16 the picture flips: then float32 wins, with the weights converted once.
-Override the choice with the `dtype` argument or LLAMA3_DTYPE=bfloat16|float32.
+code). On a CPU without fast bf16 the picture flips: then float32 wins, with the weights converted once. On a
+GPU the rule is Meta's: bf16 where the GPU supports it, else float16 (helpers.devices).
+Override the choice with the `dtype` argument or LLAMA3_DTYPE=bfloat16|float16|float32.
 """
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import time
 
 import torch
 
+from .devices import describe, fast_dtype_for, pick_device
 from .errors import LlamaError
 
-DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32}
+DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
+          "float16": torch.float16, "fp16": torch.float16}
 
 
 def gemm_gflops(dtype: torch.dtype, rows: int = 32, dim: int = 2048, reps: int = 5) -> float:
@@ -30,35 +33,58 @@ def gemm_gflops(dtype: torch.dtype, rows: int = 32, dim: int = 2048, reps: int =
     return 2 * rows * dim * dim / sorted(times)[len(times) // 2] / 1e9
 
 
-def pick_dtype(dtype: str | torch.dtype | None = None) -> torch.dtype:
-    """The compute dtype: `dtype` if given, else $LLAMA3_DTYPE, else bf16 when a short probe finds bf16
-    matrix products at least 1.5x faster than float32 here, else float32."""
+def pick_dtype(dtype: str | torch.dtype | None = None, device: torch.device | None = None) -> torch.dtype:
+    """The compute dtype: `dtype` if given, else $LLAMA3_DTYPE, else auto: on a GPU, Meta's rule (bf16 where
+    supported, else float16: helpers.devices.fast_dtype_for); on a CPU, bf16 when a short probe finds bf16 matrix
+    products at least 1.5x faster than float32 here, else float32."""
     choice = dtype if dtype is not None else os.environ.get("LLAMA3_DTYPE", "auto")
     if isinstance(choice, torch.dtype):
         return choice
     choice = choice.lower()
     if choice == "auto":
+        on_gpu = fast_dtype_for(device) if device is not None else None
+        if on_gpu is not None:
+            return on_gpu
         return torch.bfloat16 if gemm_gflops(torch.bfloat16) >= 1.5 * gemm_gflops(torch.float32) else torch.float32
     if choice not in DTYPES:
-        raise LlamaError(f"Unknown compute dtype {choice!r}: use bfloat16, float32 or auto.")
+        raise LlamaError(f"Unknown compute dtype {choice!r}: use bfloat16, float16, float32 or auto.")
     return DTYPES[choice]
 
 
-def cast_weights(weights: dict, dtype: torch.dtype) -> dict:
-    """The weights in the compute dtype, converted once (not on every use). Tensors already in that dtype
-    are shared, not copied: for Meta's bf16 checkpoint in bf16 mode this copies nothing. The embedding
-    table stays as stored (forward converts only the rows it picks) unless it doubles as the output layer."""
+def cast_weights(weights: dict, dtype: torch.dtype | None, device: torch.device | str | None = None) -> dict:
+    """The weights in the compute dtype (None: each as stored) on `device` (None: where they are), converted once
+    (not on every use), tensor by tensor: from a memory-mapped checkpoint, host memory holds at most one converted
+    tensor in transit.
+    Tensors already in that dtype and place are shared, not copied: for Meta's bf16 checkpoint in bf16 mode on
+    the CPU this copies nothing. The embedding table keeps its stored dtype (forward converts only the rows it
+    picks) unless it doubles as the output layer."""
     tied = "output.weight" not in weights
-    return {k: v if v.dtype == dtype or (k == "tok_embeddings.weight" and not tied) else v.to(dtype)
-            for k, v in weights.items()}
+    out = {}
+    for name, tensor in weights.items():
+        keep_dtype = dtype is None or tensor.dtype == dtype or (name == "tok_embeddings.weight" and not tied)
+        out[name] = tensor.to(device=device, dtype=tensor.dtype if keep_dtype else dtype)
+    return out
 
 
-def choose_mode(weights: dict, dtype: str | torch.dtype | None = None, exact_below_gb: float = 1.0):
-    """-> (weights, compute dtype) for generation. `dtype` None or "auto": the exact float32 mode for a small
-    checkpoint (the tiny model: quick anyway, and bit-for-bit the tests' numbers), the measured fast dtype
-    for a real one. Weights are converted once here, never per use."""
+def choose_mode(weights: dict, dtype: str | torch.dtype | None = None, exact_below_gb: float = 1.0,
+                device: str | torch.device | None = None):
+    """-> (weights, compute dtype) for generation, on the device helpers.devices.pick_device chooses (`device`,
+    else $LLAMA3_DEVICE, else auto). `dtype` None or "auto": the exact float32 mode for a small checkpoint (the
+    tiny model: quick anyway, and bit-for-bit the tests' numbers), the fast dtype for a real one. Weights are
+    converted and moved once here, tensor by tensor, never per use."""
+    device = pick_device(device)
     size_gb = sum(t.numel() * t.element_size() for t in weights.values()) / 1e9
     if dtype in (None, "auto") and os.environ.get("LLAMA3_DTYPE", "auto") == "auto" and size_gb < exact_below_gb:
         dtype = torch.float32
-    dtype = pick_dtype(dtype)
-    return cast_weights(weights, dtype), dtype
+    dtype = pick_dtype(dtype, device)
+    return cast_weights(weights, dtype, device), dtype
+
+
+def mode_banner(model_bytes: int, exact_below_gb: float = 1.0) -> str:
+    """One line for a notebook's banner: where and in which dtype its cells compute (choose_mode's rules)."""
+    device = pick_device()
+    auto = os.environ.get("LLAMA3_DTYPE", "auto") == "auto"
+    if auto and model_bytes < exact_below_gb * 1e9:
+        return f"Compute: float32 (the exact mode) on {describe(device)}, every cell"
+    return (f"Compute: check cells in float32 (the exact mode) on the CPU; loops and demonstrations in "
+            f"{str(pick_dtype(None, device)).replace('torch.', '')} on {describe(device)} (the fast mode, helpers.choose_mode)")

@@ -26,13 +26,15 @@ def default_stop_tokens() -> tuple[int, ...]:
     return tuple(load_tokenizer().stop_tokens)
 
 
-def new_kv_cache(params: dict, max_seq_len: int, dtype: torch.dtype = torch.float32) -> list:
-    """-> one (cache_k, cache_v) per layer, each zeros [L, KV, D]: sized by n_kv_heads, not n_heads,
+def new_kv_cache(params: dict, max_seq_len: int, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str | None = None) -> list:
+    """-> one (cache_k, cache_v) per layer, each zeros [L, KV, D] on `device`: sized by n_kv_heads, not n_heads,
     because the query heads of a group share one key and one value head (GQA)."""
     n_kv_heads = params.get("n_kv_heads") or params["n_heads"]
     head_dim = params["dim"] // params["n_heads"]
     shape = (max_seq_len, n_kv_heads, head_dim)
-    return [(torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)) for _ in range(params["n_layers"])]
+    return [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+            for _ in range(params["n_layers"])]
 
 
 def sample_top_p(probs: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -60,7 +62,7 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
 def check_generation(weights: dict, params: dict, prompt_tokens, max_new_tokens: int,
                      temperature: float, top_p: float) -> tuple[list[int], int]:
     """-> (prompt as a list of ids, max_new_tokens clamped to the context); LlamaError on bad input."""
-    prompt = torch.as_tensor(prompt_tokens, dtype=torch.long).reshape(-1).tolist()
+    prompt = torch.as_tensor(prompt_tokens, dtype=torch.long, device="cpu").reshape(-1).tolist()  # ids, on the host
     vocab = weights["tok_embeddings.weight"].shape[0]
     limit = context_length(params)
     if not prompt:
@@ -99,17 +101,19 @@ def generate_stream(
     prompt, max_new_tokens = check_generation(weights, params, prompt_tokens, max_new_tokens, temperature, top_p)
     if stop_tokens is None:
         stop_tokens = default_stop_tokens()
-    generator = torch.Generator()
-    if seed is None:
-        generator.seed()  # fresh randomness, from the OS
-    else:
-        generator.manual_seed(seed)
+    generator = None  # greedy draws nothing
+    if temperature > 0:
+        generator = torch.Generator(device=weights["tok_embeddings.weight"].device)  # draws where the logits are
+        if seed is None:
+            generator.seed()  # fresh randomness, from the OS
+        else:
+            generator.manual_seed(seed)
     return _decode(weights, params, prompt, max_new_tokens, temperature, top_p, set(stop_tokens), generator, dtype)
 
 
 def _decode(weights, params, prompt, max_new_tokens, temperature, top_p, stop_tokens, generator, dtype):
     """The decode loop of generate_stream, once its arguments are checked."""
-    caches = new_kv_cache(params, len(prompt) + max_new_tokens, dtype)
+    caches = new_kv_cache(params, len(prompt) + max_new_tokens, dtype, weights["tok_embeddings.weight"].device)
     tokens, start_pos = prompt, 0  # first the whole prompt (prefill), then one token at a time
     for _ in range(max_new_tokens):
         with torch.inference_mode():  # only around the compute: a generator must not leak the mode to its caller

@@ -56,32 +56,60 @@ def apply_rope_scaling(
     )
 
 
-def precompute_freqs_cis(head_dim: int, end: int, theta: float, scaling: dict | None = None) -> torch.Tensor:
+def precompute_freqs_cis(head_dim: int, end: int, theta: float, scaling: dict | None = None,
+                         device: torch.device | str | None = None, real: bool = False) -> torch.Tensor:
     """-> complex64 [end, D/2]: entry (m, j) is e^{i·m·θ_j}, θ_j = theta^(-2j/D), for position m < end and pair j.
 
-    `scaling`: None, or the four numbers of `apply_rope_scaling` as a dict (Llama 3.1 / 3.2)."""
-    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2)[: head_dim // 2].float() / head_dim))
+    `scaling`: None, or the four numbers of `apply_rope_scaling` as a dict (Llama 3.1 / 3.2). `device`: where to
+    make it (None: the default device). `real=True`: float32 [end, D/2, 2], the (cos, sin) of the same angles,
+    for a device without complex numbers (complex_supported)."""
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device)[: head_dim // 2].float() / head_dim))
     if scaling is not None:
         freqs = apply_rope_scaling(freqs, **scaling)
-    angles = torch.outer(torch.arange(end, dtype=torch.float32), freqs)
+    angles = torch.outer(torch.arange(end, dtype=torch.float32, device=device), freqs)
+    if real:
+        return torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1)
     return torch.polar(torch.ones_like(angles), angles)
 
 
 def apply_rotary_emb(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
     """x: [T, heads, D], freqs_cis: [T, D/2] -> [T, heads, D]. Each adjacent pair (x0, x1) of a head is
-    read as the complex number x0 + i·x1 and multiplied elementwise by e^{i·m·θ}: a rotation."""
+    read as the complex number x0 + i·x1 and multiplied elementwise by e^{i·m·θ}: a rotation.
+
+    A real freqs_cis ([T, D/2, 2], cos and sin) does the same rotation without complex numbers."""
+    if not freqs_cis.is_complex():
+        return apply_rotary_emb_real(x, freqs_cis)
     x_complex = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
     rotated = x_complex * freqs_cis[:, None, :]  # broadcast over the heads
     return torch.view_as_real(rotated).flatten(-2).type_as(x)
 
 
-def causal_mask(seqlen: int, start_pos: int = 0) -> torch.Tensor:
-    """-> [seqlen, start_pos + seqlen]: row i is new token i (position start_pos + i); 0 where it may look at
-    position j (j <= start_pos + i), -inf after it.
+def apply_rotary_emb_real(x: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:
+    """x: [T, heads, D], cos_sin: [T, D/2, 2] -> [T, heads, D]. The rotation of apply_rotary_emb written out:
+    (x0 + i·x1)(cos + i·sin) = (x0·cos - x1·sin) + i·(x0·sin + x1·cos), in float32."""
+    pairs = x.float().reshape(*x.shape[:-1], -1, 2)
+    x0, x1 = pairs[..., 0], pairs[..., 1]
+    cos, sin = cos_sin[:, None, :, 0], cos_sin[:, None, :, 1]  # broadcast over the heads
+    return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(-2).type_as(x)
+
+
+def complex_supported(device: torch.device | str) -> bool:
+    """True when torch can multiply complex numbers on `device` (Apple's MPS cannot in many torch versions)."""
+    try:
+        z = torch.view_as_complex(torch.ones(1, 2, device=device))
+        torch.view_as_real(z * z)
+        return True
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
+
+
+def causal_mask(seqlen: int, start_pos: int = 0, device: torch.device | str | None = None) -> torch.Tensor:
+    """-> [seqlen, start_pos + seqlen] on `device`: row i is new token i (position start_pos + i); 0 where it may
+    look at position j (j <= start_pos + i), -inf after it.
 
     The first start_pos columns are tokens already in the KV cache: every new token sees them."""
-    future = torch.triu(torch.full((seqlen, seqlen), float("-inf")), diagonal=1)
-    return torch.hstack([torch.zeros(seqlen, start_pos), future])
+    future = torch.triu(torch.full((seqlen, seqlen), float("-inf"), device=device), diagonal=1)
+    return torch.hstack([torch.zeros(seqlen, start_pos, device=device), future])
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:

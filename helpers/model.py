@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .layers import attention, causal_mask, feed_forward, linear, precompute_freqs_cis, rms_norm
+from .layers import attention, causal_mask, complex_supported, feed_forward, linear, precompute_freqs_cis, rms_norm
 
 
 def rope_scaling(params: dict) -> dict | None:
@@ -70,13 +70,16 @@ def forward(
 
     `dtype` is the compute dtype: float32 is the exact mode. `caches`: optional per-layer
     (cache_k, cache_v) for tokens already seen; then `tokens` are the new ones, at positions start_pos..
-    `last_only`: logits for the last token only ([1, vocab]), all that choosing the next token needs."""
-    tokens = torch.as_tensor(tokens, dtype=torch.long).reshape(-1)
+    `last_only`: logits for the last token only ([1, vocab]), all that choosing the next token needs.
+    Computed on the weights' device (RoPE without complex numbers where the device has none: Apple's MPS)."""
+    device = weights["tok_embeddings.weight"].device  # everything is made where the weights are
+    tokens = torch.as_tensor(tokens, dtype=torch.long, device=device).reshape(-1)
     seqlen = tokens.shape[0]
     head_dim = params["dim"] // params["n_heads"]
-    freqs_cis = precompute_freqs_cis(head_dim, start_pos + seqlen, params["rope_theta"], rope_scaling(params))
+    freqs_cis = precompute_freqs_cis(head_dim, start_pos + seqlen, params["rope_theta"], rope_scaling(params),
+                                     device, real=not complex_supported(device))
     freqs_cis = freqs_cis[start_pos:]
-    mask = causal_mask(seqlen, start_pos)
+    mask = causal_mask(seqlen, start_pos, device)
     h = weights["tok_embeddings.weight"][tokens].to(dtype)  # [T, dim]: rows of the stored table, no copy of it
     for layer in range(params["n_layers"]):
         cache = caches[layer] if caches is not None else None

@@ -17,7 +17,8 @@ import torch
 import torch.distributed as dist
 
 from .errors import LlamaError
-from .layers import attention, causal_mask, feed_forward, ffn_hidden_dim, linear, precompute_freqs_cis, rms_norm
+from .layers import (attention, causal_mask, complex_supported, feed_forward, ffn_hidden_dim, linear, precompute_freqs_cis,
+                     rms_norm)
 from .model import rope_scaling
 
 COLUMN = ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1", "feed_forward.w3", "output",
@@ -146,12 +147,14 @@ def parallel_forward(weights: dict, params: dict, tokens, start_pos: int = 0, ca
                      dtype: torch.dtype = torch.float32, last_only: bool = False, group=None) -> torch.Tensor:
     """tokens: [T] ids -> float32 logits [T, vocab] on every rank, from this rank's piece of the weights
     (helpers.forward, with the embedding, each block and the output layer split over the ranks)."""
-    tokens = torch.as_tensor(tokens, dtype=torch.long).reshape(-1)
+    device = weights["tok_embeddings.weight"].device  # everything is made where this rank's weights are
+    tokens = torch.as_tensor(tokens, dtype=torch.long, device=device).reshape(-1)
     seqlen = tokens.shape[0]
     head_dim = params["dim"] // params["n_heads"]
-    freqs_cis = precompute_freqs_cis(head_dim, start_pos + seqlen, params["rope_theta"], rope_scaling(params))
+    freqs_cis = precompute_freqs_cis(head_dim, start_pos + seqlen, params["rope_theta"], rope_scaling(params),
+                                     device, real=not complex_supported(device))
     freqs_cis = freqs_cis[start_pos:]
-    mask = causal_mask(seqlen, start_pos)
+    mask = causal_mask(seqlen, start_pos, device)
     h = vocab_parallel_embedding(tokens, weights["tok_embeddings.weight"], dtype, group)  # [T, dim]
     for layer in range(params["n_layers"]):
         cache = caches[layer] if caches is not None else None
@@ -169,4 +172,6 @@ def new_local_kv_cache(weights: dict, params: dict, max_seq_len: int, dtype: tor
     head_dim = params["dim"] // params["n_heads"]
     n_local_kv = weights["layers.0.attention.wk.weight"].shape[0] // head_dim
     shape = (max_seq_len, n_local_kv, head_dim)
-    return [(torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)) for _ in range(params["n_layers"])]
+    device = weights["layers.0.attention.wk.weight"].device
+    return [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+            for _ in range(params["n_layers"])]

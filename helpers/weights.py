@@ -110,16 +110,26 @@ def check_weights(weights: dict, params: dict) -> None:
         raise LlamaError(f"params.json says vocab_size {params['vocab_size']} but the embedding has {vocab} rows.")
 
 
-def load_model(model_dir: str | Path) -> tuple[dict, dict]:
+def load_model(model_dir: str | Path, device: str | torch.device | None = None,
+               dtype: torch.dtype | None = None) -> tuple[dict, dict]:
     """(weights, params) from a Meta-format folder, checked against each other. A folder of several shards
-    (70B and up) is merged tensor by tensor from the memory-mapped files (helpers.shards, notebook 14)."""
+    (70B and up) is merged tensor by tensor from the memory-mapped files (helpers.shards, notebook 14).
+    `device`, `dtype`: None keeps the memory-mapped tensors as stored, on the CPU; otherwise each tensor is moved
+    and converted in turn (helpers.fast.cast_weights), so host memory never holds a second copy of the model."""
     if len(list(Path(model_dir).glob("consolidated.*.pth"))) > 1:
         from .shards import load_sharded_model
 
-        return load_sharded_model(model_dir)
-    params = load_params(model_dir)
-    weights = load_weights(model_dir)
-    check_weights(weights, params)
+        weights, params = load_sharded_model(model_dir)
+    else:
+        params = load_params(model_dir)
+        weights = load_weights(model_dir)
+        check_weights(weights, params)
+    if device is not None or dtype is not None:
+        from .devices import pick_device
+        from .fast import cast_weights
+
+        device = pick_device(device) if device is not None else None
+        weights = cast_weights(weights, dtype, device)
     return weights, params
 
 
@@ -152,7 +162,10 @@ def default_model_dir(verbose: bool = True) -> Path:
 
         model_dir, why = ensure_tiny(), "the tiny Llama 3 embedded in this course; set LLAMA3_DIR for real weights"
     if verbose:
+        from .fast import mode_banner
+
         print(f"Model: {model_name(model_dir)} ({why})")
+        print(mode_banner(sum(f.stat().st_size for f in Path(model_dir).glob("consolidated.*.pth"))))
     return model_dir
 
 

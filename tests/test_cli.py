@@ -5,8 +5,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from checkpoints import SHAPES, make_checkpoint
+from helpers.devices import mps_available
 from helpers.tiny import ensure_tiny
 
 SEEDED = ["--prompt", "once upon a time", "--max-new-tokens", "12", "--temperature", "0.8", "--top-p", "0.9",
@@ -26,7 +28,7 @@ def test_default_is_greedy_and_prints_42(args, tmp_path):
     result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "42\n"
-    assert result.stderr == "[model: tiny, computing in float32]\n"  # small model: the exact mode
+    assert result.stderr == "[model: tiny, computing in float32 on cpu]\n"  # small model: the exact mode
 
 
 def test_seeded_sampling_prints_the_same_text_twice():
@@ -98,9 +100,14 @@ def hf_folder(tmp_path_factory):
         ("prompt_beyond_context", "context holds 16"),
         ("negative_temperature", "temperature is -1.0"),
         ("top_p_above_one", "top_p is 1.5"),
+        ("absent_gpu", "--device asks for cuda, but this torch"),
+        ("absent_mps", "--device asks for mps, but this torch sees no Apple MPS device"),
+        ("unknown_device", "Unknown device 'tpu' in --device: use auto, cpu, cuda, cuda:N or mps"),
     ],
 )
 def test_errors_are_one_line_and_exit_2(case, message, tmp_path, short_context_model, hf_folder):
+    if (case == "absent_gpu" and torch.cuda.is_available()) or (case == "absent_mps" and mps_available()):
+        pytest.skip("this machine has that device")
     args = {
         "empty_prompt": ["--prompt", ""],
         "no_new_tokens": ["--max-new-tokens", "0"],
@@ -109,6 +116,9 @@ def test_errors_are_one_line_and_exit_2(case, message, tmp_path, short_context_m
         "prompt_beyond_context": ["--model-dir", str(short_context_model), "--prompt", "once upon a time " * 8],
         "negative_temperature": ["--temperature", "-1"],
         "top_p_above_one": ["--top-p", "1.5"],
+        "absent_gpu": ["--device", "cuda"],
+        "absent_mps": ["--device", "mps"],
+        "unknown_device": ["--device", "tpu"],
     }[case]
     result = run_cli(*args)
     assert result.returncode == 2
@@ -120,6 +130,6 @@ def test_errors_are_one_line_and_exit_2(case, message, tmp_path, short_context_m
 
 def test_dtype_can_be_chosen():
     result = run_cli("--prompt", "once upon a time", "--dtype", "bfloat16", "--max-new-tokens", "4")
-    assert result.returncode == 0 and result.stderr == "[model: tiny, computing in bfloat16]\n"
+    assert result.returncode == 0 and result.stderr == "[model: tiny, computing in bfloat16 on cpu]\n"
     result = run_cli("--dtype", "float64")
     assert result.returncode == 2 and result.stderr.startswith("error: Unknown compute dtype 'float64'")

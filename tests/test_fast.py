@@ -66,14 +66,20 @@ def test_pick_dtype_auto_measures(monkeypatch, bf16, f32, expected, how):
     assert set(asked) == {BF16, F32}
 
 
-@pytest.mark.parametrize("name", ["float16", "fp16", "int8", "", "bfloat"])
+@pytest.mark.parametrize("name", ["half", "int8", "", "bfloat"])
 def test_pick_dtype_unknown_name(monkeypatch, name):
     no_probe(monkeypatch)
-    with pytest.raises(LlamaError, match=f"Unknown compute dtype {name!r}: use bfloat16, float32 or auto"):
+    with pytest.raises(LlamaError, match=f"Unknown compute dtype {name!r}: use bfloat16, float16, float32 or auto"):
         pick_dtype(name)
     monkeypatch.setenv("LLAMA3_DTYPE", name or "?")
     with pytest.raises(LlamaError, match="Unknown compute dtype"):
         pick_dtype()
+
+
+@pytest.mark.parametrize("name", ["float16", "fp16"])
+def test_pick_dtype_float16_by_name(monkeypatch, name):
+    no_probe(monkeypatch)
+    assert pick_dtype(name) is torch.float16
 
 
 def test_probe_measures_something():
@@ -133,6 +139,13 @@ def test_cast_weights_mixed_dtypes():
 
 
 # --- choose_mode ----------------------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def stay_on_meta(monkeypatch):
+    """The fake checkpoints below live on the meta device: choose_mode's device is meta (tests/test_devices.py
+    tests the real choice)."""
+    monkeypatch.setattr(fast, "pick_device", lambda device=None, source=None: torch.device("meta"))
+
 
 def sized(n_bytes: int) -> dict:
     """A 'checkpoint' of exactly n_bytes in bf16, on the meta device (shapes only, no memory)."""
