@@ -7,8 +7,10 @@ from .errors import LlamaError
 from .layers import (
     apply_rope_scaling,
     apply_rotary_emb,
+    apply_rotary_emb_real,
     attention,
     causal_mask,
+    complex_supported,
     feed_forward,
     ffn_hidden_dim,
     linear,
@@ -30,5 +32,6 @@ from .weights import (
 )
 from .tiny import COURSE_PROMPT, ensure_tiny
 from .decode import greedy_decode
+from .devices import pick_device
 from .fast import cast_weights, choose_mode, pick_dtype
 from .generate import encode_dialog, generate, generate_stream, new_kv_cache, sample_top_p, stream_text
