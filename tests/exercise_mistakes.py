@@ -164,6 +164,21 @@ def params_kv_equals_heads(model_dir):
     return p
 
 
+def params_only_theta(model_dir):  # the one key the notebook's example leaves out, and no other
+    p = json.loads((Path(model_dir) / "params.json").read_text())
+    if "rope_theta" not in p:
+        raise LlamaError("params.json has no rope_theta")
+    return {**PARAM_DEFAULTS, **p}
+
+
+def params_forgets_n_layers(model_dir):
+    with open(Path(model_dir) / "params.json") as f:
+        p = json.load(f)
+    if "dim" not in p or "n_heads" not in p or "rope_theta" not in p:
+        raise LlamaError("not a Llama 3 params.json")
+    return {**PARAM_DEFAULTS, **p}
+
+
 def _shape_check(weights, params, n_kv, hidden, layers, need_output=False):
     dim, n_heads = params["dim"], params["n_heads"]
     head_dim = dim // n_heads
@@ -218,6 +233,57 @@ def weights_partial(weights, params):  # the three checks a first draft makes
                 weights[f"layers.{i}.feed_forward.w1.weight"].shape[0] != hidden:
             raise LlamaError(f"layer {i}: w1")
     if params.get("vocab_size", -1) not in (-1, len(weights["tok_embeddings.weight"])):
+        raise LlamaError("vocab_size")
+
+
+def _shapes_but(weights, params, leave_out=(), embedding_width=True):
+    """A full check written as a table, with some rows of the table forgotten."""
+    dim, n_heads = params["dim"], params["n_heads"]
+    n_kv, head_dim = params.get("n_kv_heads") or n_heads, dim // n_heads
+    hidden = helpers.ffn_hidden_dim(dim, params["multiple_of"], params.get("ffn_dim_multiplier"))
+    vocab = weights["tok_embeddings.weight"].shape[0]
+    if embedding_width and weights["tok_embeddings.weight"].shape[1] != dim:
+        raise LlamaError("tok_embeddings")
+    table = {"norm.weight": (dim,), "output.weight": (vocab, dim)}
+    for i in range(params["n_layers"]):
+        table.update({f"layers.{i}.attention.wq.weight": (n_heads * head_dim, dim),
+                      f"layers.{i}.attention.wk.weight": (n_kv * head_dim, dim),
+                      f"layers.{i}.attention.wv.weight": (n_kv * head_dim, dim),
+                      f"layers.{i}.attention.wo.weight": (dim, n_heads * head_dim),
+                      f"layers.{i}.feed_forward.w1.weight": (hidden, dim),
+                      f"layers.{i}.feed_forward.w2.weight": (dim, hidden),
+                      f"layers.{i}.feed_forward.w3.weight": (hidden, dim),
+                      f"layers.{i}.attention_norm.weight": (dim,), f"layers.{i}.ffn_norm.weight": (dim,)})
+    for key, shape in table.items():
+        if (key == "output.weight" and key not in weights) or any(key.endswith(f".{n}.weight") for n in leave_out):
+            continue
+        if key not in weights or tuple(weights[key].shape) != shape:
+            raise LlamaError(f"{key}: {shape} expected")
+    if params.get("vocab_size", -1) not in (-1, vocab):
+        raise LlamaError("vocab_size")
+
+
+def weights_skips_wq(weights, params):
+    _shapes_but(weights, params, leave_out=("wq",))
+
+
+def weights_skips_five(weights, params):  # the review's example: it passed all 15 inputs of the old checker
+    _shapes_but(weights, params, leave_out=("wq", "wv", "w1", "attention_norm"), embedding_width=False)
+
+
+def weights_layers_only(weights, params):  # every layer checked, nothing outside the layers
+    dim, n_heads = params["dim"], params["n_heads"]
+    kv_rows = (params.get("n_kv_heads") or n_heads) * (dim // n_heads)
+    hidden = helpers.ffn_hidden_dim(dim, params["multiple_of"], params.get("ffn_dim_multiplier"))
+    for i in range(params["n_layers"]):
+        layer = {"attention.wq": (dim, dim), "attention.wk": (kv_rows, dim), "attention.wv": (kv_rows, dim),
+                 "attention.wo": (dim, dim), "feed_forward.w1": (hidden, dim), "feed_forward.w2": (dim, hidden),
+                 "feed_forward.w3": (hidden, dim), "attention_norm": (dim,), "ffn_norm": (dim,)}
+        for name, shape in layer.items():
+            w = weights.get(f"layers.{i}.{name}.weight")
+            if w is None or tuple(w.shape) != shape:
+                raise LlamaError(f"layer {i}: {name}")
+    if params.get("vocab_size", -1) not in (-1, weights["tok_embeddings.weight"].shape[0]):
         raise LlamaError("vocab_size")
 
 
@@ -459,6 +525,19 @@ def cache_pair_list_repeated(params, max_seq_len, dtype=torch.float32):
     return [(torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype))] * params["n_layers"]
 
 
+def cache_ignores_dtype(params, max_seq_len, dtype=torch.float32):
+    n_kv = params.get("n_kv_heads") or params["n_heads"]
+    head_dim = params["dim"] // params["n_heads"]
+    return [(torch.zeros(max_seq_len, n_kv, head_dim), torch.zeros(max_seq_len, n_kv, head_dim))
+            for _ in range(params["n_layers"])]
+
+
+def cache_default_bf16(params, max_seq_len, dtype=torch.bfloat16):  # the model's dtype as the default
+    n_kv = params.get("n_kv_heads") or params["n_heads"]
+    shape = (max_seq_len, n_kv, params["dim"] // params["n_heads"])
+    return [(torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)) for _ in range(params["n_layers"])]
+
+
 def cache_no_default_dtype(params, max_seq_len, dtype):
     n_kv = params.get("n_kv_heads") or params["n_heads"]
     shape = (max_seq_len, n_kv, params["dim"] // params["n_heads"])
@@ -551,16 +630,27 @@ WRONG = [
     (ex.check_load_params, params_defaults_last, "defaults overwrote the file's values"),
     (ex.check_load_params, params_no_error, "no LlamaError"),
     (ex.check_load_params, params_kv_equals_heads, "n_kv_heads filled in as n_heads"),
+    (ex.check_load_params, params_only_theta, "no LlamaError for a params.json without dim, n_layers or n_heads?"),
+    (ex.check_load_params, params_forgets_n_layers, "no LlamaError for a params.json without n_layers?"),
     (ex.check_check_weights, weights_kv_by_heads, "wk/wv sized by n_heads"),
     (ex.check_check_weights, weights_need_output, "output.weight required"),
     (ex.check_check_weights, weights_hidden_8_thirds, "feed-forward size"),
     (ex.check_check_weights, weights_first_layer_only, "only some layers checked"),
     (ex.check_check_weights, weights_partial, "only some tensors checked"),
+    (ex.check_check_weights, weights_skips_wq, "only some tensors checked? wq went unchecked."),
+    (ex.check_check_weights, weights_skips_five,
+     "only some tensors checked? wq, wv, w1, attention_norm and the width of tok_embeddings went unchecked."),
+    (ex.check_check_weights, weights_layers_only,
+     "only some tensors checked? norm.weight, the width of tok_embeddings and output.weight went unchecked."),
     (ex.check_check_weights, weights_vocab_indexed, "params['vocab_size'] read directly"),
     (ex.check_check_weights, weights_vocab_minus_one_rejected, "vocab_size -1 rejected"),
     (ex.check_new_kv_cache, cache_one_pair_repeated, "`[…] * n_layers` repeats the same tensors"),
     (ex.check_new_kv_cache, cache_pair_list_repeated, "make a new pair per layer"),
     (ex.check_new_kv_cache, cache_no_default_dtype, "no dtype given"),
+    (ex.check_new_kv_cache, cache_ignores_dtype, "torch.bfloat16 was expected: make the tensors with dtype=dtype "
+                                                 "(default torch.float32)"),
+    (ex.check_new_kv_cache, cache_default_bf16, "torch.float32 was expected: make the tensors with dtype=dtype "
+                                                "(default torch.float32)"),
     (ex.check_precompute_freqs_cis, freqs_float64_angles, "angles in float32, or .to(torch.complex64)"),
     (ex.check_precompute_freqs_cis, freqs_off_by_a_bit, "largest difference 0."),
     (ex.check_causal_mask, mask_bool, "float 0/−inf, not a bool"),

@@ -194,12 +194,16 @@ def _agrees(got, wrong, args) -> bool:
 def run_checks_all(name: str, fn, reference, cases, mistakes=()) -> bool:
     """Like run_checks, but `fn` runs on every case first, and the hint is the mistake that reproduces all of its
     wrong answers and agrees with it on the most cases. For checkers whose wrong answers look alike case by case
-    (two different mistakes both make a valid checkpoint raise): the pattern over all cases tells them apart."""
+    (two different mistakes both make a valid checkpoint raise): the pattern over all cases tells them apart.
+    mistakes may also be a function of fn's results (one per case) that returns that list: for a hint that names
+    what the results show (which tensors went unchecked)."""
     results = []
     for label, args in cases:
         results.append(_call(name, fn, label, args))
         if results[-1] is _FAILED:
             return False
+    if callable(mistakes):
+        mistakes = mistakes(results)
     problems = [(i, _differs(got, reference(*clone(args)))) for i, (got, (_, args)) in enumerate(zip(results, cases))]
     wrong_at = [(i, problem) for i, problem in problems if problem is not None]
     if not wrong_at:

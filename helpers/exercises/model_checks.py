@@ -129,7 +129,8 @@ def check_new_kv_cache(fn) -> bool:
 
     mistakes = [("sized by n_heads? With grouped-query attention the cache holds n_kv_heads heads: that is the saving.",
                  lambda *a: as_tensor(sized_by_heads(*a)))]
-    return run_checks("new_kv_cache", wrapping(fn, lambda *a: as_tensor(fn(*a))), lambda *a: as_tensor(new_kv_cache(*a)), cases, mistakes)
+    return run_checks("new_kv_cache", wrapping(fn, lambda *a: as_tensor(fn(*a))), lambda *a: as_tensor(new_kv_cache(*a)),
+                      cases, mistakes, dtype_hint="make the tensors with dtype=dtype (default torch.float32)")
 
 
 def check_sample_top_p(fn, draws: int = 500) -> bool:

@@ -9,15 +9,22 @@ import torch
 
 from .. import weights as course
 from ..layers import ffn_hidden_dim
-from .core import outcome, run_checks_all
+from .core import Raised, outcome, run_checks_all
 
-# Published params.json files (Meta's llama-models sku_list), and two that leave optional keys out.
+# Published params.json files (Meta's llama-models sku_list), one that leaves every optional key out, and COMPLETE:
+# a small one with the required keys, each left out in turn.
 LLAMA_3_8B = {"dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256, "multiple_of": 1024,
               "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0}
 LLAMA_3_2_1B = {"dim": 2048, "n_layers": 16, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256, "multiple_of": 256,
                 "ffn_dim_multiplier": 1.5, "norm_eps": 1e-05, "rope_theta": 500000.0, "use_scaled_rope": True}
 LLAMA_1_STYLE = {"dim": 4096, "n_layers": 32, "n_heads": 32, "rope_theta": 10000.0}  # every optional key left out
-NO_THETA = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2}
+REQUIRED = ("dim", "n_layers", "n_heads", "rope_theta")  # a params.json without one of them must raise LlamaError
+COMPLETE = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "rope_theta": 500000.0}
+
+
+def _listed(names, conj: str = "and") -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {conj} {names[-1]}"
 
 
 def _folder(root: Path, name: str, params: dict) -> Path:
@@ -30,6 +37,10 @@ def _folder(root: Path, name: str, params: dict) -> Path:
     return folder
 
 
+def _missing_hint(keys) -> str:
+    return f"no LlamaError for a params.json without {_listed(keys, 'or')}? Check for dim, n_layers, n_heads and rope_theta."
+
+
 def check_load_params(fn) -> bool:
     """fn(model_dir) -> params dict like helpers.load_params: params.json with Meta's defaults (ModelArgs) filled in,
     LlamaError when a required key is missing."""
@@ -37,8 +48,9 @@ def check_load_params(fn) -> bool:
         root = Path(tmp)
         cases = [("Llama 3 8B's params.json", (_folder(root, "8b", LLAMA_3_8B),)),
                  ("Llama 3.2 1B's params.json, as a str path", (str(_folder(root, "1b", LLAMA_3_2_1B)),)),
-                 ("a params.json without any optional key", (_folder(root, "old", LLAMA_1_STYLE),)),
-                 ("a params.json without rope_theta (must raise LlamaError)", (_folder(root, "bad", NO_THETA),))]
+                 ("a params.json without any optional key", (_folder(root, "old", LLAMA_1_STYLE),))]
+        cases += [(f"a params.json without {key} (must raise LlamaError)",
+                   (_folder(root, f"no_{key}", {k: v for k, v in COMPLETE.items() if k != key}),)) for key in REQUIRED]
         defaults = course.PARAM_DEFAULTS
 
         def read(path):
@@ -51,11 +63,21 @@ def check_load_params(fn) -> bool:
              lambda p: {**read(p), **defaults}),
             ("n_kv_heads filled in as n_heads? Meta's default is None (meaning: as many as n_heads).",
              lambda p: {**defaults, "n_kv_heads": read(p)["n_heads"], **read(p)}),
-            ("no LlamaError for a params.json without rope_theta? Check for dim, n_layers, n_heads and rope_theta.",
-             lambda p: {**defaults, **read(p)}),
         ]
-        return run_checks_all("load_params", outcome(fn), outcome(course.load_params), cases,
-                          [(hint, outcome(wrong)) for hint, wrong in mistakes])
+
+        def checking(keys):  # right, except that it raises only for the required keys in `keys`
+            def load(path):
+                if any(k not in read(path) for k in keys):
+                    raise course.LlamaError("a required key is missing")
+                return {**defaults, **read(path)}
+            return load
+
+        def with_unchecked(results):  # the hint names the required keys whose absence fn let through
+            missed = [key for key, got in zip(REQUIRED, results[-len(REQUIRED):]) if not isinstance(got, Raised)]
+            extra = [(_missing_hint(missed), checking([k for k in REQUIRED if k not in missed]))] if missed else []
+            return [(hint, outcome(wrong)) for hint, wrong in mistakes + extra]
+
+        return run_checks_all("load_params", outcome(fn), outcome(course.load_params), cases, with_unchecked)
 
 
 # --- 02 · every tensor's shape ---------------------------------------------------------------------------
@@ -82,9 +104,10 @@ def _shapes(params: dict, vocab: int, tied: bool = False) -> dict:
     return {k: torch.empty(s, device="meta", dtype=torch.bfloat16) for k, s in shapes.items()}
 
 
-def _check_variant(kv_by_heads=False, need_output=False, hidden=None, layers=None, vocab="get", only=None):
-    """A shape check written with one known mistake. only: the tensor names (wq, wo, w1, ffn_norm, …) it looks at;
-    vocab: "get" (right), "index" (params['vocab_size'] read directly), "no_minus_one", or False (not compared)."""
+def _check_variant(kv_by_heads=False, need_output=False, hidden=None, layers=None, vocab="get", skip=()):
+    """A shape check written with one known mistake. skip: the tensors it leaves out (wq, wo, w1, ffn_norm, …, norm,
+    output, and tok_embeddings for its width); vocab: "get" (right), "index" (params['vocab_size'] read directly),
+    "no_minus_one", or False (not compared)."""
     def check(weights, params):
         dim, n_heads = params["dim"], params["n_heads"]
         n_kv = n_heads if kv_by_heads else (params.get("n_kv_heads") or n_heads)
@@ -94,14 +117,13 @@ def _check_variant(kv_by_heads=False, need_output=False, hidden=None, layers=Non
         want = {"tok_embeddings.weight": (rows, dim), "norm.weight": (dim,)}
         if need_output or "output.weight" in weights:
             want["output.weight"] = (rows, dim)
-        if only is not None:
-            want = {}
+        want = {name: shape for name, shape in want.items() if name.split(".")[0] not in skip}
         for i in (layers(params) if layers else range(params["n_layers"])):
             for name, shape in [("attention.wq", (n_heads * head_dim, dim)), ("attention.wk", (n_kv * head_dim, dim)),
                                 ("attention.wv", (n_kv * head_dim, dim)), ("attention.wo", (dim, n_heads * head_dim)),
                                 ("feed_forward.w1", (h, dim)), ("feed_forward.w2", (dim, h)), ("feed_forward.w3", (h, dim)),
                                 ("attention_norm", (dim,)), ("ffn_norm", (dim,))]:
-                if only is None or name.split(".")[-1] in only:
+                if name.split(".")[-1] not in skip:
                     want[f"layers.{i}.{name}.weight"] = shape
         for name, shape in want.items():
             if name not in weights or tuple(weights[name].shape) != shape:
@@ -113,11 +135,48 @@ def _check_variant(kv_by_heads=False, need_output=False, hidden=None, layers=Non
     return check
 
 
-def _changed(weights: dict, drop=(), **shapes) -> dict:
-    """weights with some tensors left out (drop) or of another shape (name=shape, dots as __)."""
+def _changed(weights: dict, shapes: dict | None = None, drop=()) -> dict:
+    """weights with some tensors of another shape ({name: shape}) or left out (drop)."""
     out = {k: v for k, v in weights.items() if k not in drop}
-    out.update({k.replace("__", "."): torch.empty(s, device="meta", dtype=torch.bfloat16) for k, s in shapes.items()})
+    out.update({k: torch.empty(s, device="meta", dtype=torch.bfloat16) for k, s in (shapes or {}).items()})
     return out
+
+
+# One tensor changed at a time, in layer 1 (the last): a check that leaves that tensor out lets it through.
+# (name in the hint, the case's label, {tensor: new shape} or None to leave it out)
+ONE_TENSOR = [
+    ("wq", "layer 1's wq alone sized for 6 heads of 8, params say 4", {"layers.1.attention.wq.weight": (48, 32)}),
+    ("wk", "layer 1's wk alone sized for 4 KV heads, params say 2", {"layers.1.attention.wk.weight": (32, 32)}),
+    ("wv", "layer 1's wv alone sized for 4 KV heads, params say 2", {"layers.1.attention.wv.weight": (32, 32)}),
+    ("wo", "layer 1's wo alone sized for 6 heads of 8, params say 4", {"layers.1.attention.wo.weight": (32, 48)}),
+    ("w1", "layer 1's w1 alone made with ffn_dim_multiplier 2.0", {"layers.1.feed_forward.w1.weight": (176, 32)}),
+    ("w2", "layer 1's w2 alone made with ffn_dim_multiplier 2.0", {"layers.1.feed_forward.w2.weight": (32, 176)}),
+    ("w3", "layer 1's w3 alone made with ffn_dim_multiplier 2.0", {"layers.1.feed_forward.w3.weight": (176, 32)}),
+    ("attention_norm", "layer 1's attention_norm 16 wide, params say dim 32", {"layers.1.attention_norm.weight": (16,)}),
+    ("ffn_norm", "layer 1's ffn_norm missing", None),
+    ("norm", "norm.weight 16 wide, params say dim 32", {"norm.weight": (16,)}),
+    ("tok_embeddings", "tok_embeddings.weight 16 wide, params say dim 32", {"tok_embeddings.weight": (50, 16)}),
+    ("output", "output.weight 16 wide, params say dim 32", {"output.weight": (50, 16)}),
+]
+SHOWN = {"tok_embeddings": "the width of tok_embeddings", "norm": "norm.weight", "output": "output.weight"}
+
+
+def _one_tensor_cases() -> list:
+    return [(label, (_changed(_shapes(SMALL, 50), shape) if shape else
+                     _changed(_shapes(SMALL, 50), drop=(f"layers.1.{name}.weight",)), SMALL))
+            for name, label, shape in ONE_TENSOR]
+
+
+def _unchecked(cases, results) -> list:
+    """The tensors whose one-tensor case fn let through (returned instead of raising), in ONE_TENSOR's order."""
+    let_through = {label for (label, _), got in zip(cases, results) if not isinstance(got, Raised)}
+    return [name for name, label, _ in ONE_TENSOR if label in let_through]
+
+
+def _skipped_hint(names) -> str:
+    return (f"only some tensors checked? {_listed([SHOWN.get(n, n) for n in names])} went unchecked. Every tensor "
+            "params.json implies must match: wq, wk, wv, wo, w1, w2, w3, both norms of every layer, tok_embeddings, "
+            "norm and output.weight (its width too).")
 
 
 def check_check_weights(fn) -> bool:
@@ -129,20 +188,15 @@ def check_check_weights(fn) -> bool:
              ("matching weights, output tied to the embedding (no output.weight)", (_shapes(SMALL, 50, tied=True), SMALL)),
              ("matching weights, params without n_kv_heads", (_shapes(mha, 50), mha)),
              ("a layer missing: params say 3 layers, the checkpoint has 2", (_shapes(SMALL, 50), deeper)),
-             ("wk sized for 4 KV heads, params say 2", (_shapes({**SMALL, "n_kv_heads": 4}, 50), SMALL)),
-             ("w1 made with ffn_dim_multiplier 2.0, params say 1.3", (_shapes({**SMALL, "ffn_dim_multiplier": 2.0}, 50), SMALL)),
+             ("wk and wv sized for 4 KV heads, params say 2", (_shapes({**SMALL, "n_kv_heads": 4}, 50), SMALL)),
+             ("w1, w2 and w3 made with ffn_dim_multiplier 2.0, params say 1.3",
+              (_shapes({**SMALL, "ffn_dim_multiplier": 2.0}, 50), SMALL)),
              ("vocab_size 64 in params, 50 rows in the embedding", (_shapes(SMALL, 50), {**SMALL, "vocab_size": 64})),
-             ("layer 1's wq and wo sized for 6 heads of 8, params say 4", (_changed(
-                 _shapes(SMALL, 50), layers__1__attention__wq__weight=(48, 32), layers__1__attention__wo__weight=(32, 48)), SMALL)),
-             ("layer 1's wo sized for 6 heads of 8, params say 4", (_changed(
-                 _shapes(SMALL, 50), layers__1__attention__wo__weight=(32, 48)), SMALL)),
-             ("layer 1's w2 and w3 made with ffn_dim_multiplier 2.0", (_changed(
-                 _shapes(SMALL, 50), layers__1__feed_forward__w2__weight=(32, 96),
-                 layers__1__feed_forward__w3__weight=(96, 32)), SMALL)),
-             ("layer 1's w3 made with ffn_dim_multiplier 2.0", (_changed(
-                 _shapes(SMALL, 50), layers__1__feed_forward__w3__weight=(96, 32)), SMALL)),
-             ("layer 1's ffn_norm missing", (_changed(_shapes(SMALL, 50), drop=("layers.1.ffn_norm.weight",)), SMALL)),
-             ("output.weight 16 wide, params say dim 32", (_changed(_shapes(SMALL, 50), output__weight=(50, 16)), SMALL)),
+             ("layer 1's wq and wo sized for 6 heads of 8, params say 4", (_changed(_shapes(SMALL, 50), {
+                 "layers.1.attention.wq.weight": (48, 32), "layers.1.attention.wo.weight": (32, 48)}), SMALL)),
+             ("layer 1's w2 and w3 made without ffn_dim_multiplier, params say 1.3", (_changed(_shapes(SMALL, 50), {
+                 "layers.1.feed_forward.w2.weight": (32, 96), "layers.1.feed_forward.w3.weight": (96, 32)}), SMALL)),
+             *_one_tensor_cases(),
              ("matching weights, params without vocab_size", (_shapes(SMALL, 50),
                                                               {k: v for k, v in SMALL.items() if k != "vocab_size"})),
              ("matching weights, vocab_size -1 (LLaMA 2's params.json: the tokenizer decides)",
@@ -159,13 +213,15 @@ def check_check_weights(fn) -> bool:
         ("only some layers checked? Every layer 0 … n_layers-1 must be in the checkpoint.",
          _check_variant(layers=lambda p: range(1))),
         ("vocab_size not compared with the embedding's rows?", _check_variant(vocab=False)),
-        ("only some tensors checked? Every tensor params.json implies must match: wq, wk, wv, wo, w1, w2, w3, both "
-         "norms of every layer, tok_embeddings, norm and output.weight (its width too).",
-         _check_variant(only={"wk", "w1"})),
         ("params['vocab_size'] read directly? Meta's params.json may leave it out: params.get('vocab_size').",
          _check_variant(vocab="index")),
         ("vocab_size -1 rejected? LLaMA 2's params.json says -1 (the tokenizer decides): accept it.",
          _check_variant(vocab="no_minus_one")),
     ]
-    return run_checks_all("check_weights", outcome(fn), outcome(course.check_weights), cases,
-                      [(hint, outcome(wrong)) for hint, wrong in mistakes])
+
+    def with_unchecked(results):  # the hint names the tensors fn let through
+        skipped = _unchecked(cases, results)
+        extra = [(_skipped_hint(skipped), _check_variant(skip=set(skipped)))] if skipped else []
+        return [(hint, outcome(wrong)) for hint, wrong in mistakes + extra]
+
+    return run_checks_all("check_weights", outcome(fn), outcome(course.check_weights), cases, with_unchecked)
