@@ -1,4 +1,4 @@
-"""Wrong versions of the functions of notebooks 01, 02, 03, 04/07, 05, 06, 09, 10 and 11, written the way a learner
+"""Wrong versions of the functions of notebooks 01, 02, 03, 04/07, 05, 06, 08, 09, 10 and 11, written the way a learner
 would write them (loops, other spellings, other torch calls), not copied from the checkers' own mistake tables.
 tests/test_exercises.py runs each through its checker and expects the named hint."""
 import base64
@@ -602,6 +602,53 @@ def sdpa_is_causal(q, k, v, attn_mask):
     return out[0].to(q.dtype)
 
 
+# --- 06 and 08 after the second review: Hugging Face's finite fill, Meta's order of ⅔ and multiplier, an int ------
+
+def mask_finfo_min(seqlen, start_pos=0):  # the fill notebook 06 shows from Hugging Face
+    future = torch.ones(seqlen, start_pos + seqlen, dtype=torch.bool).triu(start_pos + 1)
+    return torch.zeros(seqlen, start_pos + seqlen).masked_fill(future, torch.finfo(torch.float32).min)
+
+
+def mask_triu_offset(seqlen, start_pos=0):  # right: one triu with the diagonal moved by start_pos
+    return torch.full((seqlen, start_pos + seqlen), float("-inf")).triu(start_pos + 1)
+
+
+def hidden_multiplier_first(dim, multiple_of, mult):
+    hidden = 4 * dim
+    if mult is not None:
+        hidden = int(mult * hidden)
+    hidden = int(2 * hidden / 3)
+    return multiple_of * math.ceil(hidden / multiple_of)
+
+
+def hidden_truncated_once(dim, multiple_of, mult):  # ⅔ and multiplier in Meta's order, but int() only at the end
+    hidden = 2 * 4 * dim / 3
+    if mult is not None:
+        hidden = mult * hidden
+    return multiple_of * math.ceil(int(hidden) / multiple_of)
+
+
+def hidden_float(dim, multiple_of, mult):
+    hidden = int(2 * 4 * dim / 3)
+    if mult is not None:
+        hidden = int(mult * hidden)
+    return torch.ceil(torch.tensor(hidden / multiple_of)).item() * multiple_of  # .item() of a float tensor: a float
+
+
+def hidden_tensor(dim, multiple_of, mult):
+    hidden = int(2 * 4 * dim / 3)
+    if mult is not None:
+        hidden = int(mult * hidden)
+    return torch.tensor(hidden + multiple_of - 1) // multiple_of * multiple_of
+
+
+def hidden_ceil(dim, multiple_of, mult):  # right: math.ceil returns an int
+    hidden = int(8 * dim / 3)
+    if mult:
+        hidden = int(mult * hidden)
+    return math.ceil(hidden / multiple_of) * multiple_of
+
+
 REFERENCES = [
     (ex.check_load_bpe_ranks, load_bpe_ranks), (ex.check_bpe_encode, bpe_encode), (ex.check_split_long_runs, split_long_runs),
     (ex.check_load_params, load_params), (ex.check_check_weights, check_weights), (ex.check_layer_norm, layer_norm_torch),
@@ -610,7 +657,8 @@ REFERENCES = [
     (ex.check_context_length, helpers.context_length), (ex.check_generate, generate), (ex.check_encode_dialog, encode_dialog),
 ]
 
-ACCEPTED = [(ex.check_rms_norm, rms_gain_before_cast), (ex.check_rms_norm, rms_torch_functional)]
+ACCEPTED = [(ex.check_rms_norm, rms_gain_before_cast), (ex.check_rms_norm, rms_torch_functional),
+            (ex.check_causal_mask, mask_triu_offset), (ex.check_ffn_hidden_dim, hidden_ceil)]
 
 WRONG = [
     (ex.check_rms_norm, rms_all_bf16, "normalised in bf16"),
@@ -654,6 +702,15 @@ WRONG = [
     (ex.check_precompute_freqs_cis, freqs_float64_angles, "angles in float32, or .to(torch.complex64)"),
     (ex.check_precompute_freqs_cis, freqs_off_by_a_bit, "largest difference 0."),
     (ex.check_causal_mask, mask_bool, "float 0/−inf, not a bool"),
+    (ex.check_causal_mask, mask_finfo_min, "Hugging Face's fill) instead of −inf? It gives the same softmax "
+                                           "weights, but Meta's mask uses float('-inf')"),
+    (ex.check_ffn_hidden_dim, hidden_multiplier_first, "Meta's order (FeedForward.__init__ in "
+                                                       "llama_models/llama3/model.py): hidden_dim = int(2 * hidden_dim / 3)"),
+    (ex.check_ffn_hidden_dim, hidden_truncated_once, "ffn_dim_multiplier applied before the ⅔ was taken and truncated"),
+    (ex.check_ffn_hidden_dim, hidden_float, "a float, not an int. It looks like this mistake: a float or a tensor? "
+                                            "Return an int (the rounding makes a whole number: use integer arithmetic)"),
+    (ex.check_ffn_hidden_dim, hidden_tensor, "a Tensor, not an int. It looks like this mistake: a float or a tensor? "
+                                             "Return an int (the rounding makes a whole number: use integer arithmetic)"),
     (ex.check_forward, forward_bf16_logits, "return float32 logits (.float())"),
     (ex.check_transformer_block, block_eps_fixed, "norm_eps hard-coded"),
     (ex.check_forward, forward_eps_fixed, "norm_eps hard-coded"),

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import helpers
 from helpers import exercises as ex
 from helpers.decode import greedy_decode
+from helpers.exercises.core import _differs
 from helpers.generate import new_kv_cache, sample_top_p
 
 import exercise_mistakes  # the checkers of notebooks 01, 02, 03, 05, 06, 09, 10, 11 added for issue 16
@@ -72,6 +73,12 @@ def test_a_finished_function_calling_another_stub_names_that_stub(capsys):
 def test_accepts_other_correct_versions(capsys, check, right):
     ok, out = verdict(capsys, check, right)
     assert ok and out.startswith("✓"), out
+
+
+def test_a_result_the_course_returns_as_an_int_must_be_an_int():
+    assert _differs(14336, 14336) is None
+    for got, expected in ((14336.0, 14336), (torch.tensor(14336), 14336), (True, 1)):  # each == expected, none an int
+        assert _differs(got, expected).endswith("not an int"), got
 
 
 def test_every_checker_is_tested():

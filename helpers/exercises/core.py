@@ -78,8 +78,14 @@ def _describe(value) -> str:
     return _short(value)
 
 
+def _is_int(value) -> bool:
+    """An int, and not a bool (True == 1, but a size is not a truth value)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _differs_plain(got, expected) -> str | None:
-    """None when got == expected for values that are not tensors (lists, dicts, numbers, errors), else why not."""
+    """None when got == expected for values that are not tensors (lists, dicts, numbers, errors), else why not.
+    Where the course's function returns an int, only an int agrees (not 14336.0, a 0-d tensor or a bool)."""
     if isinstance(expected, Raised) or isinstance(got, Raised):
         if got == expected:
             return None
@@ -87,6 +93,8 @@ def _differs_plain(got, expected) -> str | None:
             wanted = f"raises {expected.name}" if isinstance(expected, Raised) else f"returns {_describe(expected)}"
             return f"it raised {got!r} where the course's function {wanted}"
         return f"it returned {_describe(got)} where the course's function raises {expected.name}"
+    if _is_int(expected) and not _is_int(got):  # 14336.0 == 14336 and True == 1, but neither is an int
+        return f"it returned {_short(got)}, a {type(got).__name__}, not an int"
     if isinstance(expected, (list, tuple, dict, str)) and not isinstance(got, type(expected)):
         return f"it returned a {type(got).__name__}, not a {type(expected).__name__}"
     if isinstance(expected, dict):

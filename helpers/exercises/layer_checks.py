@@ -124,6 +124,9 @@ def check_causal_mask(fn) -> bool:
          lambda t, s: torch.hstack([torch.zeros(t, s), torch.tril(torch.full((t, t), float("-inf")), diagonal=-1)])),
         ("the cached positions left out? With start_pos tokens in the cache the mask is [seqlen, start_pos + seqlen] "
          "and every new token sees all cached ones.", lambda t, s: torch.triu(torch.full((t, t), float("-inf")), diagonal=1)),
+        ("a finite minimum (torch.finfo(...).min, Hugging Face's fill) instead of −inf? It gives the same softmax "
+         "weights, but Meta's mask uses float('-inf').",
+         lambda t, s: layers.causal_mask(t, s).clamp(min=torch.finfo(torch.float32).min)),
     ]
     return run_checks("causal_mask", fn, layers.causal_mask, cases, mistakes,
                       dtype_hint="the mask is added to the scores: float 0/−inf, not a bool")
@@ -188,9 +191,10 @@ def check_attention(fn) -> bool:
 
 def check_ffn_hidden_dim(fn) -> bool:
     """fn(dim, multiple_of, ffn_dim_multiplier) -> int like helpers.ffn_hidden_dim (published params.json values
-    of Llama 3 8B, 70B, 405B, 3.2 1B and 3B, LLaMA 1 7B, and odd ones)."""
+    of Llama 3 8B, 70B, 405B, 3.2 1B and 3B, LLaMA 1 7B, and odd ones). The last input, with multiple_of 1, shows
+    the order: int(1.3 · int(⅔ · 16384)) = int(1.3 · 10922) = 14198, int(⅔ · int(1.3 · 16384)) = int(⅔ · 21299) = 14199."""
     values = [(4096, 1024, 1.3), (8192, 4096, 1.3), (16384, 4096, 1.2), (2048, 256, 1.5), (3072, 256, 1.0),
-              (4096, 256, None), (100, 7, None), (96, 64, 1.5)]
+              (4096, 256, None), (100, 7, None), (96, 64, 1.5), (4096, 1, 1.3)]
     cases = [(f"dim {d}, multiple_of {m}, ffn_dim_multiplier {f}", (d, m, f)) for d, m, f in values]
 
     def variant(round_up=True, two_thirds=True, use_multiplier=True, multiplier_first=False):
@@ -205,10 +209,15 @@ def check_ffn_hidden_dim(fn) -> bool:
         return f
 
     mistakes = [
+        ("a float or a tensor? Return an int (the rounding makes a whole number: use integer arithmetic).",
+         lambda dim, multiple_of, mult: float(layers.ffn_hidden_dim(dim, multiple_of, mult))),
         ("rounded down? Meta rounds up to the next multiple_of: multiple_of * ceil(hidden / multiple_of).", variant(round_up=False)),
         ("ffn_dim_multiplier left out? Llama 2 and 3 scale the ⅔·4·dim size by it before rounding.", variant(use_multiplier=False)),
         ("the ⅔ forgotten? SwiGLU has three matrices instead of two, so Shazeer (2020) shrinks 4·dim to ⅔ of it.",
          variant(two_thirds=False)),
+        ("ffn_dim_multiplier applied before the ⅔ was taken and truncated? Meta's order (FeedForward.__init__ in "
+         "llama_models/llama3/model.py): hidden_dim = int(2 * hidden_dim / 3), then "
+         "int(ffn_dim_multiplier * hidden_dim), then round up to multiple_of.", variant(multiplier_first=True)),
     ]
     return run_checks("ffn_hidden_dim", fn, layers.ffn_hidden_dim, cases, mistakes)
 
