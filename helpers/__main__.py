@@ -40,7 +40,7 @@ def run(args) -> None:
         raise LlamaError("--max-new-tokens must be at least 1.")
     model_dir = args.model_dir or default_model_dir(verbose=False)
     weights, params = load_model(model_dir)  # a 70B-class folder of several shards is merged
-    weights, dtype = choose_mode(weights, args.dtype)
+    weights, dtype, fused = choose_mode(weights, args.dtype)
     tokenizer = load_tokenizer(model_dir)
     if args.chat:
         tokens = encode_dialog(tokenizer, [{"role": "user", "content": args.prompt}])
@@ -48,7 +48,7 @@ def run(args) -> None:
         tokens = tokenizer.encode(args.prompt, bos=True, eos=False)
     new_tokens = generate_stream(  # checks the arguments (context, temperature, top-p) before any output
         weights, params, tokens, args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-        stop_tokens=tokenizer.stop_tokens, seed=args.seed, dtype=dtype,
+        stop_tokens=tokenizer.stop_tokens, seed=args.seed, dtype=dtype, fused=fused,
     )
     print(f"[model: {model_name(model_dir)}, computing in {str(dtype).replace('torch.', '')}]", file=sys.stderr)
     for text in stream_text(tokenizer, new_tokens):

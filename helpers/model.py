@@ -40,6 +40,7 @@ def transformer_block(
     mask: torch.Tensor,
     cache: tuple[torch.Tensor, torch.Tensor] | None = None,
     start_pos: int = 0,
+    fused: bool = False,
 ) -> torch.Tensor:
     """x: [T, dim] -> [T, dim]. Pre-norm block: each residual adds to the un-normalised stream x."""
 
@@ -52,7 +53,7 @@ def transformer_block(
     h = x + attention(
         rms_norm(x, w("attention_norm"), eps),
         w("attention.wq"), w("attention.wk"), w("attention.wv"), w("attention.wo"),
-        freqs_cis, mask, n_heads, n_kv_heads, cache, start_pos,
+        freqs_cis, mask, n_heads, n_kv_heads, cache, start_pos, fused,
     )
     return h + feed_forward(rms_norm(h, w("ffn_norm"), eps), w("feed_forward.w1"), w("feed_forward.w2"), w("feed_forward.w3"))
 
@@ -65,12 +66,14 @@ def forward(
     caches: list | None = None,
     dtype: torch.dtype = torch.float32,
     last_only: bool = False,
+    fused: bool = False,
 ) -> torch.Tensor:
     """tokens: [T] ids -> float32 logits [T, vocab], one row per token (row t predicts token t+1).
 
     `dtype` is the compute dtype: float32 is the exact mode. `caches`: optional per-layer
     (cache_k, cache_v) for tokens already seen; then `tokens` are the new ones, at positions start_pos..
-    `last_only`: logits for the last token only ([1, vocab]), all that choosing the next token needs."""
+    `last_only`: logits for the last token only ([1, vocab]), all that choosing the next token needs.
+    `fused`: attention by torch's fused kernel (the fast mode), not the full score matrix (the exact mode)."""
     tokens = torch.as_tensor(tokens, dtype=torch.long).reshape(-1)
     seqlen = tokens.shape[0]
     head_dim = params["dim"] // params["n_heads"]
@@ -80,7 +83,7 @@ def forward(
     h = weights["tok_embeddings.weight"][tokens].to(dtype)  # [T, dim]: rows of the stored table, no copy of it
     for layer in range(params["n_layers"]):
         cache = caches[layer] if caches is not None else None
-        h = transformer_block(h, weights, layer, params, freqs_cis, mask, cache, start_pos)
+        h = transformer_block(h, weights, layer, params, freqs_cis, mask, cache, start_pos, fused)
     if last_only:
         h = h[-1:]
     h = rms_norm(h, weights["norm.weight"].to(dtype), params["norm_eps"])
