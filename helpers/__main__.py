@@ -45,7 +45,7 @@ def run(args) -> None:
     device = pick_device(args.device, "--device")  # an absent device is said before anything loads
     model_dir = args.model_dir or default_model_dir(verbose=False)
     weights, params = load_model(model_dir)  # memory-mapped; a 70B-class folder of several shards is merged
-    weights, dtype = choose_mode(weights, args.dtype, device=device)  # moved and converted tensor by tensor
+    weights, dtype, fused = choose_mode(weights, args.dtype, device=device)  # moved and converted tensor by tensor
     tokenizer = load_tokenizer(model_dir)
     if args.chat:
         tokens = encode_dialog(tokenizer, [{"role": "user", "content": args.prompt}])
@@ -53,7 +53,7 @@ def run(args) -> None:
         tokens = tokenizer.encode(args.prompt, bos=True, eos=False)
     new_tokens = generate_stream(  # checks the arguments (context, temperature, top-p) before any output
         weights, params, tokens, args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-        stop_tokens=tokenizer.stop_tokens, seed=args.seed, dtype=dtype,
+        stop_tokens=tokenizer.stop_tokens, seed=args.seed, dtype=dtype, fused=fused,
     )
     print(f"[model: {model_name(model_dir)}, computing in {str(dtype).replace('torch.', '')} on {describe(device)}]",
           file=sys.stderr)

@@ -68,16 +68,17 @@ def cast_weights(weights: dict, dtype: torch.dtype | None, device: torch.device 
 
 def choose_mode(weights: dict, dtype: str | torch.dtype | None = None, exact_below_gb: float = 1.0,
                 device: str | torch.device | None = None):
-    """-> (weights, compute dtype) for generation, on the device helpers.devices.pick_device chooses (`device`,
-    else $LLAMA3_DEVICE, else auto). `dtype` None or "auto": the exact float32 mode for a small checkpoint (the
-    tiny model: quick anyway, and bit-for-bit the tests' numbers), the fast dtype for a real one. Weights are
-    converted and moved once here, tensor by tensor, never per use."""
+    """-> (weights, compute dtype, fused) for generation, on the device helpers.devices.pick_device chooses
+    (`device`, else $LLAMA3_DEVICE, else auto). `dtype` None or "auto": the exact mode for a small checkpoint (the
+    tiny model: quick anyway, and bit-for-bit the tests' numbers): float32, the full score matrix (fused False).
+    Otherwise the fast mode: the measured (or given) dtype, and torch's fused attention (fused True), so that a
+    long prompt never holds all heads' [T, T] scores. Weights are converted and moved once here, tensor by
+    tensor, never per use."""
     device = pick_device(device)
     size_gb = sum(t.numel() * t.element_size() for t in weights.values()) / 1e9
-    if dtype in (None, "auto") and os.environ.get("LLAMA3_DTYPE", "auto") == "auto" and size_gb < exact_below_gb:
-        dtype = torch.float32
-    dtype = pick_dtype(dtype, device)
-    return cast_weights(weights, dtype, device), dtype
+    exact = dtype in (None, "auto") and os.environ.get("LLAMA3_DTYPE", "auto") == "auto" and size_gb < exact_below_gb
+    dtype = torch.float32 if exact else pick_dtype(dtype, device)
+    return cast_weights(weights, dtype, device), dtype, not exact
 
 
 def mode_banner(model_bytes: int, exact_below_gb: float = 1.0) -> str:

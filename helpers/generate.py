@@ -91,13 +91,15 @@ def generate_stream(
     stop_tokens: Iterable[int] | None = None,
     seed: int | None = None,
     dtype: torch.dtype = torch.float32,
+    fused: bool = False,
 ) -> Iterator[int]:
     """Yield the new token ids one by one (the prompt's are not repeated); stop before any stop token.
 
     Arguments are checked at the call (LlamaError). Prompt + new tokens never exceed the context:
     max_new_tokens is clamped to context_length(params) - len(prompt), as Meta's generation does.
     stop_tokens: default <|end_of_text|>, <|eom_id|>, <|eot_id|>; [] never stops early. With a seed,
-    sampling draws from its own torch.Generator (never the global RNG): same seed, same tokens."""
+    sampling draws from its own torch.Generator (never the global RNG): same seed, same tokens.
+    dtype and fused: the mode, as helpers.choose_mode returns it (float32 and False: the exact mode)."""
     prompt, max_new_tokens = check_generation(weights, params, prompt_tokens, max_new_tokens, temperature, top_p)
     if stop_tokens is None:
         stop_tokens = default_stop_tokens()
@@ -108,16 +110,17 @@ def generate_stream(
             generator.seed()  # fresh randomness, from the OS
         else:
             generator.manual_seed(seed)
-    return _decode(weights, params, prompt, max_new_tokens, temperature, top_p, set(stop_tokens), generator, dtype)
+    return _decode(weights, params, prompt, max_new_tokens, temperature, top_p, set(stop_tokens), generator, dtype,
+                   fused)
 
 
-def _decode(weights, params, prompt, max_new_tokens, temperature, top_p, stop_tokens, generator, dtype):
+def _decode(weights, params, prompt, max_new_tokens, temperature, top_p, stop_tokens, generator, dtype, fused):
     """The decode loop of generate_stream, once its arguments are checked."""
     caches = new_kv_cache(params, len(prompt) + max_new_tokens, dtype, weights["tok_embeddings.weight"].device)
     tokens, start_pos = prompt, 0  # first the whole prompt (prefill), then one token at a time
     for _ in range(max_new_tokens):
         with torch.inference_mode():  # only around the compute: a generator must not leak the mode to its caller
-            logits = forward(weights, params, tokens, start_pos, caches, dtype, last_only=True)[-1]  # what follows
+            logits = forward(weights, params, tokens, start_pos, caches, dtype, True, fused)[-1]  # what follows
             next_token = sample_next(logits, temperature, top_p, generator)
         if next_token in stop_tokens:
             return
@@ -137,10 +140,11 @@ def generate(
     stop_tokens: Iterable[int] | None = None,
     seed: int | None = None,
     dtype: torch.dtype = torch.float32,
+    fused: bool = False,
 ) -> list[int]:
     """-> the new token ids only, greedy when temperature is 0 (see generate_stream for the rules)."""
     return list(generate_stream(weights, params, prompt_tokens, max_new_tokens, temperature=temperature,
-                                top_p=top_p, stop_tokens=stop_tokens, seed=seed, dtype=dtype))
+                                top_p=top_p, stop_tokens=stop_tokens, seed=seed, dtype=dtype, fused=fused))
 
 
 def stream_text(tokenizer, token_ids: Iterable[int]) -> Iterator[str]:

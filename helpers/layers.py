@@ -127,17 +127,20 @@ def attention(
     wv: torch.Tensor,
     wo: torch.Tensor,
     freqs_cis: torch.Tensor,
-    mask: torch.Tensor,
+    mask: torch.Tensor | None,
     n_heads: int,
     n_kv_heads: int,
     cache: tuple[torch.Tensor, torch.Tensor] | None = None,
     start_pos: int = 0,
+    fused: bool = False,
 ) -> torch.Tensor:
     """x: [T, dim] (already normalised) -> [T, dim]. Grouped-query causal self-attention with RoPE.
 
     wq: [H*D, dim], wk/wv: [KV*D, dim], wo: [dim, H*D]; freqs_cis: [T, D/2] for positions
-    start_pos..start_pos+T-1; mask: [T, start_pos+T]. `cache`: optional (cache_k, cache_v), each
-    [max_len, KV, D]; the new keys/values are written at start_pos and all earlier ones are used."""
+    start_pos..start_pos+T-1; mask: [T, start_pos+T] (fused: None where no mask is needed). `cache`: optional
+    (cache_k, cache_v), each [max_len, KV, D]; the new keys/values are written at start_pos and all earlier ones
+    are used.
+    `fused`: torch's fused kernel (`fused_attention`) instead of the full [H, T, start_pos+T] score matrix."""
     seqlen = x.shape[0]
     head_dim = wq.shape[0] // n_heads
     xq = linear(x, wq).view(seqlen, n_heads, head_dim)
@@ -149,12 +152,32 @@ def attention(
         cache_k[start_pos : start_pos + seqlen] = xk
         cache_v[start_pos : start_pos + seqlen] = xv
         xk, xv = cache_k[: start_pos + seqlen], cache_v[: start_pos + seqlen]
+    if fused:
+        return linear(fused_attention(xq, xk, xv, mask, start_pos), wo)
     keys = repeat_kv(xk, n_heads // n_kv_heads).transpose(0, 1)  # [H, start_pos+T, D]
     values = repeat_kv(xv, n_heads // n_kv_heads).transpose(0, 1)  # [H, start_pos+T, D]
     scores = xq.transpose(0, 1) @ keys.transpose(1, 2) / math.sqrt(head_dim)  # [H, T, start_pos+T]
     scores = torch.softmax(scores.float() + mask, dim=-1).type_as(xq)  # softmax in float32
     out = (scores @ values).transpose(0, 1).reshape(seqlen, n_heads * head_dim)  # heads side by side
     return linear(out, wo)
+
+
+def fused_attention(xq: torch.Tensor, xk: torch.Tensor, xv: torch.Tensor, mask: torch.Tensor | None,
+                    start_pos: int = 0) -> torch.Tensor:
+    """xq: [T, H, D], xk/xv: [start_pos+T, KV, D], mask: [T, start_pos+T] -> [T, H*D]: the same attention
+    as the score matrix above, by torch's fused kernel, which never holds all heads' [T, start_pos+T] scores.
+
+    is_causal=True aligns the triangle top-left (query i sees keys 0..i), right only without a cache offset;
+    with one, the mask says it (query i sees keys 0..start_pos+i). One new token sees every key: no mask."""
+    seqlen, n_heads, head_dim = xq.shape
+    causal = start_pos == 0 and seqlen > 1
+    attn_mask = mask.to(xq.dtype) if start_pos > 0 and seqlen > 1 else None
+    # [1, H or KV, T, D]: a batch of one, the layout of torch's fused CPU kernel (without it, a slow fallback)
+    q, k, v = (t.transpose(0, 1)[None] for t in (xq, xk, xv))
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=attn_mask, is_causal=causal, enable_gqa=True,  # each KV head serves H/KV query heads
+    )
+    return out[0].transpose(0, 1).reshape(seqlen, n_heads * head_dim)  # heads side by side
 
 
 def feed_forward(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor) -> torch.Tensor:

@@ -37,9 +37,10 @@ def transformer_block(
     layer: int,
     params: dict,
     freqs_cis: torch.Tensor,
-    mask: torch.Tensor,
+    mask: torch.Tensor | None,
     cache: tuple[torch.Tensor, torch.Tensor] | None = None,
     start_pos: int = 0,
+    fused: bool = False,
 ) -> torch.Tensor:
     """x: [T, dim] -> [T, dim]. Pre-norm block: each residual adds to the un-normalised stream x."""
 
@@ -52,7 +53,7 @@ def transformer_block(
     h = x + attention(
         rms_norm(x, w("attention_norm"), eps),
         w("attention.wq"), w("attention.wk"), w("attention.wv"), w("attention.wo"),
-        freqs_cis, mask, n_heads, n_kv_heads, cache, start_pos,
+        freqs_cis, mask, n_heads, n_kv_heads, cache, start_pos, fused,
     )
     return h + feed_forward(rms_norm(h, w("ffn_norm"), eps), w("feed_forward.w1"), w("feed_forward.w2"), w("feed_forward.w3"))
 
@@ -65,12 +66,14 @@ def forward(
     caches: list | None = None,
     dtype: torch.dtype = torch.float32,
     last_only: bool = False,
+    fused: bool = False,
 ) -> torch.Tensor:
     """tokens: [T] ids -> float32 logits [T, vocab], one row per token (row t predicts token t+1).
 
     `dtype` is the compute dtype: float32 is the exact mode. `caches`: optional per-layer
     (cache_k, cache_v) for tokens already seen; then `tokens` are the new ones, at positions start_pos..
     `last_only`: logits for the last token only ([1, vocab]), all that choosing the next token needs.
+    `fused`: attention by torch's fused kernel (the fast mode), not the full score matrix (the exact mode).
     Computed on the weights' device (RoPE without complex numbers where the device has none: Apple's MPS)."""
     device = weights["tok_embeddings.weight"].device  # everything is made where the weights are
     tokens = torch.as_tensor(tokens, dtype=torch.long, device=device).reshape(-1)
@@ -79,11 +82,12 @@ def forward(
     freqs_cis = precompute_freqs_cis(head_dim, start_pos + seqlen, params["rope_theta"], rope_scaling(params),
                                      device, real=not complex_supported(device))
     freqs_cis = freqs_cis[start_pos:]
-    mask = causal_mask(seqlen, start_pos, device)
+    # The fused kernel needs a mask only for several new tokens after cached ones (is_causal covers a prefill)
+    mask = causal_mask(seqlen, start_pos, device) if not fused or (start_pos > 0 and seqlen > 1) else None
     h = weights["tok_embeddings.weight"][tokens].to(dtype)  # [T, dim]: rows of the stored table, no copy of it
     for layer in range(params["n_layers"]):
         cache = caches[layer] if caches is not None else None
-        h = transformer_block(h, weights, layer, params, freqs_cis, mask, cache, start_pos)
+        h = transformer_block(h, weights, layer, params, freqs_cis, mask, cache, start_pos, fused)
     if last_only:
         h = h[-1:]
     h = rms_norm(h, weights["norm.weight"].to(dtype), params["norm_eps"])

@@ -10,7 +10,8 @@ separate processes, so that each one's peak memory is its own:
     attention, its KV cache, logits for the last position only), keeping the faster;
   - the machine's read bandwidth (summing a tensor far larger than the caches), which bounds decode speed:
     every new token must read every weight once.
-Prints a table, then, as its last line, one JSON object. Times are medians over --reps repetitions.
+Prints a table, then, as its last line, one JSON object. Prefill: median over --reps repetitions; decode: the
+median of every single decode step's time over --reps runs (tokens/s = 1 / that).
 """
 from __future__ import annotations
 
@@ -91,41 +92,51 @@ def median_time(fn, reps: int) -> float:
     return statistics.median(times)
 
 
+def decode_steps(decode, reps: int) -> tuple[list[int], list[float]]:
+    """Run decode(steps) reps times -> (its tokens, the time of every single decode step). The median step is the
+    decode speed: timing each step, not (whole run - prefill), keeps a noisy prefill out of the decode figure."""
+    steps = []
+    for _ in range(reps):
+        generated = decode(steps)
+    return generated, steps
+
+
 def prompt_tokens(n: int, vocab: int) -> list[int]:
     return torch.randint(0, min(vocab, 128000), (n,), generator=torch.Generator().manual_seed(1)).tolist()
 
 
 def worker_helpers(folder: Path, args) -> dict:
-    """Prefill and KV-cached decode with helpers in fast mode."""
+    """Prefill and KV-cached decode with helpers in fast mode (helpers.choose_mode: measured dtype, fused attention)."""
     from helpers import forward, load_model
-    from helpers.fast import cast_weights, pick_dtype
+    from helpers.fast import choose_mode
     from helpers.generate import new_kv_cache
 
     weights, params = load_model(folder)
-    dtype = pick_dtype(args.dtype)
-    weights = cast_weights(weights, dtype)
+    weights, dtype, fused = choose_mode(weights, args.dtype, exact_below_gb=0.0)  # the fast mode, whatever the size
     tokens = prompt_tokens(args.prompt_tokens, weights["tok_embeddings.weight"].shape[0])
     total = args.prompt_tokens + args.new_tokens
     caches = new_kv_cache(params, total, dtype)
 
     def prefill():
-        return forward(weights, params, tokens, 0, caches, dtype, last_only=True)
+        return forward(weights, params, tokens, 0, caches, dtype, last_only=True, fused=fused)
 
-    def decode():
+    def decode(steps=None):
         logits = prefill()
         out = []
         for pos in range(args.prompt_tokens, total):
             out.append(int(logits[-1].argmax()))
-            logits = forward(weights, params, out[-1:], pos, caches, dtype, last_only=True)
+            start = time.perf_counter()
+            logits = forward(weights, params, out[-1:], pos, caches, dtype, last_only=True, fused=fused)
+            if steps is not None:
+                steps.append(time.perf_counter() - start)
         return out
 
     with torch.inference_mode():
         decode()  # warm-up
         t_prefill = median_time(prefill, args.reps)
-        t_all = median_time(decode, args.reps)
-        generated = decode()
-    return {"dtype": str(dtype).replace("torch.", ""), "prefill_s": t_prefill,
-            "decode_tok_s": args.new_tokens / max(t_all - t_prefill, 1e-9), "tokens": generated}
+        generated, steps = decode_steps(decode, args.reps)
+    return {"dtype": str(dtype).replace("torch.", ""), "fused": fused, "prefill_s": t_prefill,
+            "decode_tok_s": 1 / statistics.median(steps), "tokens": generated}
 
 
 def worker_hf(folder: Path, args, dtype: torch.dtype) -> dict:
@@ -144,21 +155,23 @@ def worker_hf(folder: Path, args, dtype: torch.dtype) -> dict:
         cache = DynamicCache(config=model.config)
         return model(input_ids=tokens, past_key_values=cache, use_cache=True, logits_to_keep=1), cache
 
-    def decode():
+    def decode(steps=None):
         out, cache = prefill()
         generated = []
         for _ in range(args.new_tokens):
             generated.append(int(out.logits[0, -1].argmax()))
+            start = time.perf_counter()
             out = model(input_ids=torch.tensor([generated[-1:]]), past_key_values=cache, use_cache=True, logits_to_keep=1)
+            if steps is not None:
+                steps.append(time.perf_counter() - start)
         return generated
 
     with torch.inference_mode():
         decode()
         t_prefill = median_time(prefill, args.reps)
-        t_all = median_time(decode, args.reps)
-        generated = decode()
+        generated, steps = decode_steps(decode, args.reps)
     return {"dtype": str(dtype).replace("torch.", ""), "prefill_s": t_prefill,
-            "decode_tok_s": args.new_tokens / max(t_all - t_prefill, 1e-9), "tokens": generated}
+            "decode_tok_s": 1 / statistics.median(steps), "tokens": generated}
 
 
 def read_bandwidth(reps: int) -> float:

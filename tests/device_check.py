@@ -80,21 +80,21 @@ def check(device: torch.device, shape: str, new_tokens: int) -> dict:
     result = {"device": describe(device), "shape": shape, "torch": torch.__version__}
 
     cpu_exact = forward(weights, params, tokens)  # [T, vocab] float32 on the CPU: the reference
-    on_device, _ = choose_mode(weights, torch.float32, device=device)
-    exact = forward(on_device, params, tokens).cpu()
+    on_device = choose_mode(weights, torch.float32, device=device)[0]
+    exact = forward(on_device, params, tokens).cpu()  # the teaching attention, float32
     result["exact_max_diff"] = float((exact - cpu_exact).abs().max())
     del on_device
 
-    fast_weights, fast_dtype = choose_mode(weights, None, exact_below_gb=0.0, device=device)  # the fast mode
-    fast = forward(fast_weights, params, tokens, dtype=fast_dtype).cpu()
+    fast_weights, fast_dtype, fused = choose_mode(weights, None, exact_below_gb=0.0, device=device)  # the fast mode
+    fast = forward(fast_weights, params, tokens, dtype=fast_dtype, fused=fused).cpu()
     result["fast_dtype"] = str(fast_dtype).replace("torch.", "")
     result["fast_max_diff"] = float((fast - cpu_exact).abs().max())
     result["fast_agreement"] = float((fast.argmax(-1) == cpu_exact.argmax(-1)).float().mean())
 
-    generate(fast_weights, params, tokens[:8], 2, stop_tokens=[], dtype=fast_dtype)  # warm-up: kernels, caches
+    generate(fast_weights, params, tokens[:8], 2, stop_tokens=[], dtype=fast_dtype, fused=fused)  # warm-up: kernels, caches
     synchronize(device)
     start = time.perf_counter()
-    generate(fast_weights, params, tokens[:8], new_tokens + 1, stop_tokens=[], dtype=fast_dtype)
+    generate(fast_weights, params, tokens[:8], new_tokens + 1, stop_tokens=[], dtype=fast_dtype, fused=fused)
     synchronize(device)
     elapsed = time.perf_counter() - start
     # One prefill of 8 tokens and new_tokens cached steps: the steps dominate; count them all as decode.

@@ -39,10 +39,10 @@ def test_a_device_that_computes_wrong_fails(monkeypatch):
     real_choose = device_check.choose_mode
 
     def broken(weights, dtype=None, exact_below_gb=1.0, device=None):
-        moved, chosen = real_choose(weights, dtype, exact_below_gb, device)
+        moved, chosen, fused = real_choose(weights, dtype, exact_below_gb, device)
         moved = dict(moved)
         moved["norm.weight"] = moved["norm.weight"] * 1.01
-        return moved, chosen
+        return moved, chosen, fused
 
     monkeypatch.setattr(device_check, "choose_mode", broken)
     report = device_check.check(torch.device("cpu"), "mini", 2)

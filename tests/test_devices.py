@@ -117,10 +117,10 @@ def test_nothing_is_made_on_the_default_device(tiny):
 
 def test_choose_mode_moves_to_the_chosen_device(tiny):
     weights, _, _ = tiny
-    moved, dtype = choose_mode(weights, "bfloat16", device=META)
+    moved, dtype, _ = choose_mode(weights, "bfloat16", device=META)
     assert dtype is torch.bfloat16 and all(t.device == META for t in moved.values())
     stored = weights["norm.weight"].dtype
-    same, _ = choose_mode(weights, stored, device="cpu")
+    same = choose_mode(weights, stored, device="cpu")[0]
     assert all(same[k] is weights[k] for k in weights)  # already there, already in that dtype: nothing copied
 
 

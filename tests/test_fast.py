@@ -160,8 +160,8 @@ def test_choose_mode_small_checkpoint_is_exact(monkeypatch, dtype):
     """Just under the default 1 GB: float32 whatever this CPU is fast at (the probe does not even run)."""
     no_probe(monkeypatch)
     w = sized(999_999_998)
-    cast, chosen = choose_mode(w, dtype)
-    assert chosen is F32
+    cast, chosen, fused = choose_mode(w, dtype)
+    assert chosen is F32 and fused is False  # the exact mode: the full score matrix
     assert cast["norm.weight"].dtype == F32 and cast["output.weight"].dtype == F32
     assert cast["tok_embeddings.weight"] is w["tok_embeddings.weight"]  # untied: stays as stored
 
@@ -172,8 +172,8 @@ def test_choose_mode_big_checkpoint_measures(monkeypatch, probe, expected, dtype
     """Just over the default 1 GB: the measured fast dtype."""
     asked = fake_probe(monkeypatch, *probe)
     w = sized(1_000_000_002)
-    cast, chosen = choose_mode(w, dtype)
-    assert chosen is expected and asked
+    cast, chosen, fused = choose_mode(w, dtype)
+    assert chosen is expected and asked and fused is True  # the fast mode: torch's fused attention
     assert cast["output.weight"].dtype == expected
     if expected is BF16:
         assert all(cast[k] is w[k] for k in w)  # bf16 mode on a bf16 checkpoint copies nothing
@@ -182,8 +182,8 @@ def test_choose_mode_big_checkpoint_measures(monkeypatch, probe, expected, dtype
 def test_choose_mode_threshold_is_the_argument(monkeypatch):
     fake_probe(monkeypatch, 168.0, 27.0)
     w = sized(2000)  # 2e-6 GB
-    assert choose_mode(w, exact_below_gb=2.002e-6)[1] is F32
-    assert choose_mode(w, exact_below_gb=1.998e-6)[1] is BF16
+    assert choose_mode(w, exact_below_gb=2.002e-6)[1:] == (F32, False)
+    assert choose_mode(w, exact_below_gb=1.998e-6)[1:] == (BF16, True)
 
 
 @pytest.mark.parametrize("n_bytes", [2000, 1_000_000_002])
@@ -191,8 +191,8 @@ def test_choose_mode_threshold_is_the_argument(monkeypatch):
 def test_llama3_dtype_overrides_the_size_rule(monkeypatch, n_bytes, env, expected):
     no_probe(monkeypatch)
     monkeypatch.setenv("LLAMA3_DTYPE", env)
-    cast, chosen = choose_mode(sized(n_bytes))
-    assert chosen is expected and cast["output.weight"].dtype == expected
+    cast, chosen, fused = choose_mode(sized(n_bytes))
+    assert chosen is expected and fused is True and cast["output.weight"].dtype == expected
 
 
 @pytest.mark.parametrize("given", [BF16, "bfloat16", F32, "float32"])
@@ -201,4 +201,4 @@ def test_choose_mode_explicit_dtype_wins(monkeypatch, given):
     monkeypatch.setenv("LLAMA3_DTYPE", "float32" if given in (BF16, "bfloat16") else "bfloat16")
     expected = pick_dtype(given)
     for n_bytes in (2000, 1_000_000_002):
-        assert choose_mode(sized(n_bytes), given)[1] is expected
+        assert choose_mode(sized(n_bytes), given)[1:] == (expected, True)  # a dtype asked for: the fast mode
