@@ -66,19 +66,55 @@ def cast_weights(weights: dict, dtype: torch.dtype | None, device: torch.device 
     return out
 
 
+def memory_available(device: torch.device) -> int | None:
+    """Bytes free for new tensors on `device`: a CUDA GPU's free memory, the host's available RAM for the CPU and
+    for MPS (which shares it), None where unknown (e.g. the meta device)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type in ("cpu", "mps"):
+        try:
+            import psutil  # installed with Jupyter
+        except ImportError:
+            return None
+        return psutil.virtual_memory().available
+    return None
+
+
+def copy_bytes(weights: dict, dtype: torch.dtype, device: torch.device) -> int:
+    """Bytes of the new tensors cast_weights(weights, dtype, device) allocates (shared tensors cost nothing)."""
+    tied = "output.weight" not in weights
+    total = 0
+    for name, tensor in weights.items():
+        new_dtype = tensor.dtype if tensor.dtype == dtype or (name == "tok_embeddings.weight" and not tied) else dtype
+        if new_dtype != tensor.dtype or tensor.device != device:
+            total += tensor.numel() * new_dtype.itemsize
+    return total
+
+
 def choose_mode(weights: dict, dtype: str | torch.dtype | None = None, exact_below_gb: float = 1.0,
                 device: str | torch.device | None = None):
     """-> (weights, compute dtype, fused) for generation, on the device helpers.devices.pick_device chooses
     (`device`, else $LLAMA3_DEVICE, else auto). `dtype` None or "auto": the exact mode for a small checkpoint (the
     tiny model: quick anyway, and bit-for-bit the tests' numbers): float32, the full score matrix (fused False).
     Otherwise the fast mode: the measured (or given) dtype, and torch's fused attention (fused True), so that a
-    long prompt never holds all heads' [T, T] scores. Weights are converted and moved once here, tensor by
-    tensor, never per use."""
+    long prompt never holds all heads' [T, T] scores. A measured dtype whose copy of the weights would not fit in
+    the device's free memory gives way to the checkpoint's own dtype (an 8B in float32 needs 32 GB); a dtype
+    asked for that does not fit is a LlamaError. Weights are converted and moved once here, tensor by tensor."""
     device = pick_device(device)
     size_gb = sum(t.numel() * t.element_size() for t in weights.values()) / 1e9
-    exact = dtype in (None, "auto") and os.environ.get("LLAMA3_DTYPE", "auto") == "auto" and size_gb < exact_below_gb
-    dtype = torch.float32 if exact else pick_dtype(dtype, device)
-    return cast_weights(weights, dtype, device), dtype, not exact
+    auto = dtype in (None, "auto") and os.environ.get("LLAMA3_DTYPE", "auto") == "auto"
+    exact = auto and size_gb < exact_below_gb
+    chosen = torch.float32 if exact else pick_dtype(dtype, device)
+    free = memory_available(device)
+    if free is not None and copy_bytes(weights, chosen, device) > 0.9 * free:
+        stored = weights["norm.weight"].dtype
+        if auto and not exact and copy_bytes(weights, stored, device) <= 0.9 * free:
+            chosen = stored  # the measured choice does not fit: compute in the checkpoint's dtype, nothing copied
+        else:
+            raise LlamaError(f"The weights in {str(chosen).replace('torch.', '')} on {device} need "
+                             f"{copy_bytes(weights, chosen, device) / 1e9:.1f} GB but {free / 1e9:.1f} GB is free: "
+                             "choose a smaller dtype (--dtype bfloat16) or model, or free memory.")
+    return cast_weights(weights, chosen, device), chosen, not exact
 
 
 def mode_banner(model_bytes: int, exact_below_gb: float = 1.0) -> str:

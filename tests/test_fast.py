@@ -202,3 +202,34 @@ def test_choose_mode_explicit_dtype_wins(monkeypatch, given):
     expected = pick_dtype(given)
     for n_bytes in (2000, 1_000_000_002):
         assert choose_mode(sized(n_bytes), given)[1:] == (expected, True)  # a dtype asked for: the fast mode
+
+
+# --- memory: a copy that does not fit --------------------------------------------------------------
+
+def test_a_measured_dtype_that_does_not_fit_gives_way_to_the_stored_one(monkeypatch):
+    """An 8B on this 24 GB machine: the probe may prefer float32, whose copy (32 GB) cannot fit; bf16 is taken."""
+    fake_probe(monkeypatch, 5.0, 27.0)  # float32 measured faster
+    w = sized(2_000_000)  # 2 MB of bf16: 4 MB in float32 (tied: the table is the output layer, so it converts too)
+    del w["output.weight"]
+    monkeypatch.setattr(fast, "memory_available", lambda device: 3_000_000)
+    cast, chosen, fused = choose_mode(w, exact_below_gb=0.0)
+    assert chosen is BF16 and fused and all(cast[k] is w[k] for k in w)
+    monkeypatch.setattr(fast, "memory_available", lambda device: 5_000_000)  # fits: the measured choice stands
+    assert choose_mode(w, exact_below_gb=0.0)[1] is F32
+
+
+def test_a_dtype_asked_for_that_does_not_fit_is_one_sentence(monkeypatch):
+    no_probe(monkeypatch)
+    monkeypatch.setattr(fast, "memory_available", lambda device: 3_000_000_000)
+    w = sized(2_000_000_000)
+    del w["output.weight"]  # tied: 4 GB in float32
+    with pytest.raises(LlamaError, match=r"The weights in float32 on meta need 4.0 GB but 3.0 GB is free: choose a smaller"):
+        choose_mode(w, "float32")
+
+
+def test_copy_bytes_counts_only_new_tensors():
+    w = sized(2000)
+    assert fast.copy_bytes(w, BF16, torch.device("meta")) == 0  # same dtype, same device: shared
+    # float32: every tensor but the untied embedding table, 4 bytes per element
+    assert fast.copy_bytes(w, F32, torch.device("meta")) == 4 * (4 + 4)
+    assert fast.copy_bytes(w, BF16, torch.device("cpu")) == 2000  # moved: all of it
