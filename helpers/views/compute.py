@@ -100,17 +100,19 @@ def nucleus_distribution(logits: torch.Tensor, temperature: float, top_p: float)
     return torch.zeros_like(probs).scatter(-1, probs_idx, kept / kept.sum())
 
 
-def decode_steps(weights: dict, params: dict, tokens, max_new_tokens: int, k: int = 5, stop_tokens=()) -> list[dict]:
+def decode_steps(weights: dict, params: dict, tokens, max_new_tokens: int, k: int = 5, stop_tokens=(),
+                 dtype: torch.dtype = torch.float32, fused: bool = False) -> list[dict]:
     """Greedy decoding through a KV cache, step by step -> one dict per step: `start_pos` (tokens already in the
     cache), `fed` (the ids this step feeds: the whole prompt first, then one), `top_ids`/`top_probs` (the k most
-    likely next tokens), `token` (the chosen one) and `cached` (positions filled after the step)."""
+    likely next tokens), `token` (the chosen one) and `cached` (positions filled after the step). `dtype`, `fused`:
+    the mode, as helpers.choose_mode returns it."""
     device = weights["tok_embeddings.weight"].device
-    prompt = torch.as_tensor(tokens, dtype=torch.long).reshape(-1).tolist()
-    caches = [(ck.to(device), cv.to(device)) for ck, cv in new_kv_cache(params, len(prompt) + max_new_tokens)]
+    prompt = torch.as_tensor(tokens, dtype=torch.long, device="cpu").reshape(-1).tolist()
+    caches = new_kv_cache(params, len(prompt) + max_new_tokens, dtype, device)
     steps, fed, start_pos = [], prompt, 0
     for _ in range(max_new_tokens):
         with torch.inference_mode():
-            logits = forward(weights, params, fed, start_pos, caches, last_only=True)[-1]
+            logits = forward(weights, params, fed, start_pos, caches, dtype, True, fused)[-1].float().cpu()
         top = torch.softmax(logits, dim=-1).topk(k)
         token = int(top.indices[0])
         steps.append({"start_pos": start_pos, "fed": list(fed), "top_ids": top.indices.tolist(),

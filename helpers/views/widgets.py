@@ -116,9 +116,10 @@ def sampling_view(logits: torch.Tensor, tokenizer, k: int = 12):
 
 
 def generation_view(weights: dict, params: dict, tokenizer, tokens, max_new_tokens: int = 8, k: int = 5,
-                    stop_tokens=()):
-    """A step slider over decode_steps: what each step feeds, what the cache already holds, what it chooses."""
-    steps = compute.decode_steps(weights, params, tokens, max_new_tokens, k, stop_tokens)
+                    stop_tokens=(), dtype: torch.dtype = torch.float32, fused: bool = False):
+    """A step slider over decode_steps: what each step feeds, what the cache already holds, what it chooses
+    (`dtype`, `fused`: the mode, as helpers.choose_mode returns it)."""
+    steps = compute.decode_steps(weights, params, tokens, max_new_tokens, k, stop_tokens, dtype, fused)
     ids = list(tokens) + [s["token"] for s in steps]
     labels = [figures.token_label(tokenizer, t) for t in ids]
 
