@@ -59,10 +59,10 @@ def logit_lens(weights: dict, params: dict, tokens, k: int = 5) -> tuple[torch.T
     """tokens: [T] -> (ids [L + 1, T, k], probs [L + 1, T, k]): the final norm and the output layer applied to the
     stream after 0, 1, …, L blocks; entry (l, t) holds the k tokens the model would predict after token t if it
     stopped after l blocks (0: the embeddings alone). The last row is what forward predicts."""
-    output = weights.get("output.weight", weights["tok_embeddings.weight"])
+    output = weights.get("output.weight", weights["tok_embeddings.weight"]).float()  # converted once, not per row
     ids, probs = [], []
     for h in residual_stream(weights, params, tokens):
-        logits = linear(rms_norm(h, weights["norm.weight"].float(), params["norm_eps"]), output.float())
+        logits = linear(rms_norm(h, weights["norm.weight"].float(), params["norm_eps"]), output)
         top = torch.softmax(logits.float(), dim=-1).topk(k, dim=-1)
         ids.append(top.indices)
         probs.append(top.values)

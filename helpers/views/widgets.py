@@ -62,9 +62,10 @@ def attention_explorer(weights: dict, params: dict, tokenizer, tokens):
     return _view([_slider("layer", 0, 0, params["n_layers"] - 1), _slider("head", 0, 0, n_heads - 1)], draw)
 
 
-def logit_lens_view(weights: dict, params: dict, tokenizer, tokens, k: int = 5):
-    """A position slider over logit_lens: the top k tokens after 0, 1, …, L blocks, for the chosen token."""
-    ids, probs = compute.logit_lens(weights, params, tokens, k)
+def logit_lens_view(weights: dict, params: dict, tokenizer, tokens, k: int = 5, lens: tuple | None = None):
+    """A position slider over logit_lens: the top k tokens after 0, 1, …, L blocks, for the chosen token.
+    `lens`: logit_lens's (ids, probs) if already computed (a big model's lens takes a whole forward pass)."""
+    ids, probs = lens if lens is not None else compute.logit_lens(weights, params, tokens, k)
     labels = [figures.token_label(tokenizer, t) for t in tokens]
 
     def draw(position):
