@@ -155,12 +155,13 @@ def main(argv=None) -> int:
     size = (folder / "consolidated.00.pth").stat().st_size / 1e9
     name = "--model-dir" if args.model_dir else args.shape
     print(f"{name}: {folder} ({size:.1f} GB), {len(notebooks)} notebook(s), timeout {args.timeout:.0f} s each", flush=True)
-    print(f"{'notebook':36s} {'seconds':>8s}  result", flush=True)
+    print(f"{'notebook':36s} {'seconds':>8s}  result  (1-min load average after it, {os.cpu_count()} cores)", flush=True)
     results = {}
     for path in notebooks:
         r = results[path.stem] = run_notebook(path, env, args.timeout)
         verdict = "pass" if r["ok"] else f"FAIL in cell {r['error']['cell']} ({r['error']['first_line']}): {r['error']['message']}"
-        print(f"{path.stem:36s} {r['seconds']:8.1f}  {verdict}")
+        r["load_after"] = round(os.getloadavg()[0], 1)  # other work on the machine slows the notebooks down
+        print(f"{path.stem:36s} {r['seconds']:8.1f}  {verdict}  (load {r['load_after']})")
         for c in r["slowest"]:
             print(f"    {c['seconds']:7.1f} s  cell {c['cell']:<3d} {c['first_line']}")
         sys.stdout.flush()
