@@ -99,7 +99,7 @@ def cell_seconds(cell) -> float | None:
 
 
 def first_line(cell) -> str:
-    lines = [line for line in cell.source.splitlines() if line.strip()]
+    lines = [line for line in cell.source.splitlines() if line.strip() and not line.startswith("# NBVAL")]
     return lines[0].strip()[:60] if lines else ""
 
 
