@@ -36,7 +36,7 @@ def test_a_raising_cell_fails_the_notebook(tmp_path):
                                   f"assert helpers.__file__.startswith({str(ROOT)!r}), helpers.__file__\n"
                                   "assert os.environ['LLAMA3_DIR'] and 'LLAMA3_DTYPE' not in os.environ\n"
                                   "assert os.getcwd().endswith('notebooks')"),
-        nbformat.v4.new_markdown_cell("the next cell raises"),
+        nbformat.v4.new_code_cell("print('a check that did not hold:', 1 == 2)"),
         nbformat.v4.new_code_cell("x = 1\nraise ValueError('first line\\nboom')"),
         nbformat.v4.new_code_cell("print('never run')"),
     ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
@@ -49,6 +49,7 @@ def test_a_raising_cell_fails_the_notebook(tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["failed"] == ["raises"]
     assert result["notebooks"]["raises"]["error"] == {"cell": 2, "message": "ValueError: boom", "first_line": "x = 1"}
+    assert result["notebooks"]["raises"]["prints_false"] == [{"cell": 1, "line": "a check that did not hold: False"}]
     assert path.read_text() == before  # executed in memory, never written back
 
 

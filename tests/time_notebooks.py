@@ -8,7 +8,8 @@ Builds the random checkpoint once (tests/benchmark.py's build_checkpoint, cached
 each notebook in a fresh `python3` kernel, one at a time, from notebooks/ as the working directory, with
 LLAMA3_DIR pointing at the checkpoint, LLAMA3_DTYPE unset (each notebook chooses its own modes) and this
 checkout's helpers first on PYTHONPATH. The notebooks are executed in memory, never written back.
-Prints a table (seconds, pass/fail, the three slowest cells), then, as its last line, one JSON object.
+Prints a table (seconds, pass/fail, the three slowest cells, any printed line with False in it: a check
+that did not hold), then, as its last line, one JSON object.
 Exit status: 0 all passed, 1 some notebook failed, 2 a usage error (unknown shape or notebook, missing
 checkpoint, no room to build it).
 """
@@ -103,7 +104,7 @@ def first_line(cell) -> str:
     return lines[0].strip()[:60] if lines else ""
 
 
-def run_notebook(path: Path, env: dict, timeout: float) -> dict:
+def run_notebook(path: Path, env: dict, timeout: float, keep: Path | None = None) -> dict:
     """Execute one notebook in memory; -> seconds, ok, error, per-cell seconds, slowest three cells."""
     nb = nbformat.read(path, as_version=4)
     deadline = time.perf_counter() + timeout
@@ -125,14 +126,23 @@ def run_notebook(path: Path, env: dict, timeout: float) -> dict:
         error = f"over the {timeout:.0f} s timeout"
     except DeadKernelError:
         error = "the kernel died (out of memory?)"
+    except Exception as e:  # e.g. the kernel would not start: report it and go on with the next notebook
+        error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[-1]}"
     seconds = time.perf_counter() - start
+    if keep:  # the executed copy, with its outputs, for reading afterwards (never over the original)
+        keep.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, keep / path.name)
     cells = {i: s for i, c in enumerate(nb.cells) if c.cell_type == "code" and (s := cell_seconds(c)) is not None}
     slowest = sorted(cells, key=cells.get, reverse=True)[:3]
+    # A check cell that prints False ran, but its check did not hold: listed, not counted as a failure.
+    falses = [{"cell": i, "line": line.strip()[:100]} for i, c in enumerate(nb.cells) if c.cell_type == "code"
+              for out in c.get("outputs", []) if out.get("name") == "stdout"
+              for line in out.get("text", "").splitlines() if "False" in line]
     return {"seconds": round(seconds, 1), "ok": error is None,
-            "error": None if error is None else {"cell": current["index"], "message": error,
-                                                 "first_line": first_line(nb.cells[current["index"]])},
+            "error": None if error is None else {"cell": current["index"], "message": error, "first_line":
+                                                 "" if current["index"] is None else first_line(nb.cells[current["index"]])},
             "slowest": [{"cell": i, "seconds": round(cells[i], 1), "first_line": first_line(nb.cells[i])} for i in slowest],
-            "cell_seconds": {str(i): round(s, 2) for i, s in cells.items()}}
+            "cell_seconds": {str(i): round(s, 2) for i, s in cells.items()}, "prints_false": falses}
 
 
 def main(argv=None) -> int:
@@ -141,9 +151,12 @@ def main(argv=None) -> int:
     ap.add_argument("--model-dir", type=Path, help="time this Meta-format folder instead of a random checkpoint")
     ap.add_argument("--notebooks", nargs="+", metavar="NN", help="which notebooks, by number or path (default: all)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per notebook (default 1800)")
+    ap.add_argument("--keep", type=Path, metavar="DIR", help="also save each executed notebook, outputs and all, in DIR")
     args = ap.parse_args(argv)
     try:
         notebooks = pick_notebooks(args.notebooks)
+        if args.keep and args.keep.resolve() in {nb.parent for nb in notebooks}:
+            raise UsageError(f"--keep {args.keep} would overwrite the notebooks themselves: give another folder.")
         folder = model_folder(args)
     except UsageError as e:
         print(f"time_notebooks: {e}", file=sys.stderr)
@@ -158,12 +171,14 @@ def main(argv=None) -> int:
     print(f"{'notebook':36s} {'seconds':>8s}  result  (1-min load average after it, {os.cpu_count()} cores)", flush=True)
     results = {}
     for path in notebooks:
-        r = results[path.stem] = run_notebook(path, env, args.timeout)
+        r = results[path.stem] = run_notebook(path, env, args.timeout, args.keep)
         verdict = "pass" if r["ok"] else f"FAIL in cell {r['error']['cell']} ({r['error']['first_line']}): {r['error']['message']}"
         r["load_after"] = round(os.getloadavg()[0], 1)  # other work on the machine slows the notebooks down
         print(f"{path.stem:36s} {r['seconds']:8.1f}  {verdict}  (load {r['load_after']})")
         for c in r["slowest"]:
             print(f"    {c['seconds']:7.1f} s  cell {c['cell']:<3d} {c['first_line']}")
+        for f in r["prints_false"]:
+            print(f"    prints False: cell {f['cell']:<3d} {f['line']}")
         sys.stdout.flush()
     total = sum(r["seconds"] for r in results.values())
     failed = [n for n, r in results.items() if not r["ok"]]
