@@ -134,10 +134,11 @@ def run_notebook(path: Path, env: dict, timeout: float, keep: Path | None = None
         nbformat.write(nb, keep / path.name)
     cells = {i: s for i, c in enumerate(nb.cells) if c.cell_type == "code" and (s := cell_seconds(c)) is not None}
     slowest = sorted(cells, key=cells.get, reverse=True)[:3]
-    # A check cell that prints False ran, but its check did not hold: listed, not counted as a failure.
+    # A check cell whose line ends in False ran, but its check did not hold (or it shows a mistake being caught):
+    # listed for a reader to judge, not counted as a failure.
     falses = [{"cell": i, "line": line.strip()[:100]} for i, c in enumerate(nb.cells) if c.cell_type == "code"
               for out in c.get("outputs", []) if out.get("name") == "stdout"
-              for line in out.get("text", "").splitlines() if "False" in line]
+              for line in out.get("text", "").splitlines() if line.rstrip().endswith("False")]
     return {"seconds": round(seconds, 1), "ok": error is None,
             "error": None if error is None else {"cell": current["index"], "message": error, "first_line":
                                                  "" if current["index"] is None else first_line(nb.cells[current["index"]])},
