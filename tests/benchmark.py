@@ -42,10 +42,12 @@ SHAPES = {
 
 
 def build_checkpoint(shape: str) -> Path:
-    """A random bf16 Meta-format folder of this shape, written atomically, one tensor at a time."""
+    """A random bf16 Meta-format folder of this shape, written atomically, one tensor at a time: the file's
+    layout is saved first without data (torch's skip_data), then each tensor is made and written into its
+    place, so memory never holds more than the largest tensor (the 8B's 16 GB never exist in RAM at once)."""
     sys.path.insert(0, str(ROOT))
     from helpers import default_tokenizer_path, ffn_hidden_dim
-    from helpers.tiny import TINY_PARAMS, ensure_tiny
+    from helpers.tiny import ensure_tiny
 
     if shape == "tiny":
         return ensure_tiny()
@@ -56,27 +58,44 @@ def build_checkpoint(shape: str) -> Path:
     tied = p.pop("tied", False)
     dim, n_heads, n_kv = p["dim"], p["n_heads"], p["n_kv_heads"]
     head_dim, hidden, vocab = dim // n_heads, ffn_hidden_dim(dim, p["multiple_of"], p.get("ffn_dim_multiplier")), p["vocab_size"]
-    g = torch.Generator().manual_seed(0)
-
-    def rand(rows, cols):  # bf16 straight away: an 8B never exists in float32
-        return (torch.randn(rows, cols, generator=g, dtype=torch.bfloat16) * cols ** -0.5)
-
-    w = {"tok_embeddings.weight": rand(vocab, dim)}
+    shapes = {"tok_embeddings.weight": (vocab, dim)}  # {name: (rows, cols)}, or (dim,) for a norm (all ones)
     for i in range(p["n_layers"]):
         q = f"layers.{i}."
-        w.update({q + "attention.wq.weight": rand(n_heads * head_dim, dim), q + "attention.wk.weight": rand(n_kv * head_dim, dim),
-                  q + "attention.wv.weight": rand(n_kv * head_dim, dim), q + "attention.wo.weight": rand(dim, n_heads * head_dim),
-                  q + "feed_forward.w1.weight": rand(hidden, dim), q + "feed_forward.w2.weight": rand(dim, hidden),
-                  q + "feed_forward.w3.weight": rand(hidden, dim),
-                  q + "attention_norm.weight": torch.ones(dim, dtype=torch.bfloat16),
-                  q + "ffn_norm.weight": torch.ones(dim, dtype=torch.bfloat16)})
-    w["norm.weight"] = torch.ones(dim, dtype=torch.bfloat16)
+        shapes.update({q + "attention.wq.weight": (n_heads * head_dim, dim), q + "attention.wk.weight": (n_kv * head_dim, dim),
+                       q + "attention.wv.weight": (n_kv * head_dim, dim), q + "attention.wo.weight": (dim, n_heads * head_dim),
+                       q + "feed_forward.w1.weight": (hidden, dim), q + "feed_forward.w2.weight": (dim, hidden),
+                       q + "feed_forward.w3.weight": (hidden, dim), q + "attention_norm.weight": (dim,),
+                       q + "ffn_norm.weight": (dim,)})
+    shapes["norm.weight"] = (dim,)
     if not tied:
-        w["output.weight"] = rand(vocab, dim)
+        shapes["output.weight"] = (vocab, dim)
+    g = torch.Generator().manual_seed(0)
+
+    def make(shape):  # bf16 straight away: an 8B never exists in float32
+        if len(shape) == 1:
+            return torch.ones(shape, dtype=torch.bfloat16)
+        return torch.randn(shape, generator=g, dtype=torch.bfloat16) * shape[1] ** -0.5
+
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{shape}-", dir=CACHE))
-    torch.save(w, tmp / "consolidated.00.pth")
-    del w
+    path = tmp / "consolidated.00.pth"
+    with torch.serialization.skip_data():  # the layout only: torch.empty allocates no pages, nothing is read
+        torch.save({k: torch.empty(s, dtype=torch.bfloat16) for k, s in shapes.items()}, path)
+    # Where each tensor's bytes go: a mmap'd load maps the file once, so a storage's offset in the file is
+    # its address minus the lowest address plus the lowest record offset. Nothing is read here.
+    skeleton = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
+    address = {k: t.untyped_storage().data_ptr() for k, t in skeleton.items()}
+    reader = torch._C.PyTorchFileReader(str(path))
+    first = min(reader.get_record_offset(r) for r in reader.get_all_records() if r.startswith("data/"))
+    del skeleton, reader
+    base = min(address.values())
+    with open(path, "r+b") as f:
+        for k, s in shapes.items():
+            f.seek(address[k] - base + first)
+            f.write(make(s).view(torch.int16).numpy())
+    check = torch.load(path, mmap=True, weights_only=True, map_location="cpu")  # every tensor landed in place:
+    assert all(bool((t[0, :8] != 0).all()) if t.dim() == 2 else bool((t == 1).all()) for t in check.values())
+    del check  # (a misplaced write would leave zeros, the file's holes, somewhere)
     (tmp / "params.json").write_text(json.dumps(p, indent=2))
     (tmp / "tokenizer.model").write_bytes(default_tokenizer_path().read_bytes())
     os.rename(tmp, folder)
