@@ -52,11 +52,13 @@ def pick_device(device: str | torch.device | None = None, source: str = "the dev
 
 
 def fast_dtype_for(device: torch.device) -> torch.dtype | None:
-    """The fast mode's dtype on a GPU, by Meta's rule (llama_models/llama3/generation.py: bf16 where the GPU
-    supports it, else float16); None on a CPU, where helpers.fast.pick_dtype measures instead."""
+    """The fast mode's dtype on a GPU, by Meta's rule for CUDA (llama_models/llama3/generation.py: bf16 where the
+    GPU supports it, else float16), and the same rule, probed, on Apple's MPS; None on a CPU, where helpers.fast.pick_dtype measures instead. Meta calls
+    torch.cuda.is_bf16_supported(), which in recent torch also says True for GPUs that only emulate bf16 (compute
+    capability below 8: T4, V100); without emulation, as here, those get float16, which they compute natively."""
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "mps":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+    if device.type == "mps":  # Meta's code knows only CUDA (and XPU); on a Mac: bf16 where it works, else float16
         try:  # bf16 on MPS needs macOS 14 or later
             torch.ones(2, 2, dtype=torch.bfloat16, device=device) @ torch.ones(2, 2, dtype=torch.bfloat16, device=device)
             return torch.bfloat16

@@ -118,10 +118,18 @@ def choose_mode(weights: dict, dtype: str | torch.dtype | None = None, exact_bel
 
 
 def mode_banner(model_bytes: int, exact_below_gb: float = 1.0) -> str:
-    """One line for a notebook's banner: where and in which dtype its cells compute (choose_mode's rules)."""
+    """One line for a notebook's banner: where and in which dtype its cells compute (choose_mode's rules). The
+    step-by-step and check cells always compute on the CPU in float32; the loops and demonstrations use
+    helpers.choose_mode's device and dtype."""
     device = pick_device()
-    auto = os.environ.get("LLAMA3_DTYPE", "auto") == "auto"
-    if auto and model_bytes < exact_below_gb * 1e9:
-        return f"Compute: float32 (the exact mode) on {describe(device)}, every cell"
+    exact = os.environ.get("LLAMA3_DTYPE", "auto") == "auto" and model_bytes < exact_below_gb * 1e9
+    if exact and device.type == "cpu":
+        return "Compute: float32 (the exact mode) on cpu, every cell"
+    if exact:
+        return f"Compute: float32 (the exact mode); step-by-step cells on the CPU, loops and demonstrations on {describe(device)}"
+    dtype = pick_dtype(None, device)
+    free = memory_available(device)
+    if free is not None and model_bytes * dtype.itemsize / 2 > 0.9 * free:  # choose_mode's rule (a bf16 checkpoint)
+        dtype = torch.bfloat16
     return (f"Compute: check cells in float32 (the exact mode) on the CPU; loops and demonstrations in "
-            f"{str(pick_dtype(None, device)).replace('torch.', '')} on {describe(device)} (the fast mode, helpers.choose_mode)")
+            f"{str(dtype).replace('torch.', '')} on {describe(device)} (the fast mode, helpers.choose_mode)")

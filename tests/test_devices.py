@@ -64,9 +64,10 @@ def test_an_absent_or_unknown_device_is_one_sentence(monkeypatch, given, cuda, m
 
 def test_the_gpu_dtype_is_metas_rule(monkeypatch):
     """llama_models/llama3/generation.py: bf16 where the GPU supports it, else float16; the CPU measures."""
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    native = {"including_emulation": False}  # emulated bf16 (a T4, a V100) is slow: those get float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda **kw: kw == native or "emulated")
     assert helpers.pick_dtype(None, torch.device("cuda")) is torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
     assert helpers.pick_dtype("auto", torch.device("cuda")) is torch.float16
     assert helpers.pick_dtype("float32", torch.device("cuda")) is torch.float32  # asked for: taken
 
@@ -175,3 +176,19 @@ def test_complex_supported_is_a_probe(monkeypatch):
 
     monkeypatch.setattr(torch, "view_as_complex", no_complex)
     assert not layers.complex_supported("cpu")
+
+
+# --- the notebooks' banner ------------------------------------------------------------------------------
+
+def test_the_banner_names_device_and_dtype(monkeypatch):
+    from helpers import fast
+
+    monkeypatch.setattr(fast, "pick_device", lambda device=None: torch.device("cpu"))
+    assert fast.mode_banner(66_000_000) == "Compute: float32 (the exact mode) on cpu, every cell"
+    monkeypatch.setattr(fast, "gemm_gflops", lambda dtype, **kw: 5.0 if dtype is torch.bfloat16 else 27.0)
+    monkeypatch.setattr(fast, "memory_available", lambda device: 20e9)
+    assert "loops and demonstrations in float32 on cpu" in fast.mode_banner(2_470_000_000)
+    # the 8B's float32 copy (32 GB) does not fit in 20 GB: the banner says bf16, as choose_mode does
+    assert "loops and demonstrations in bfloat16 on cpu" in fast.mode_banner(16_060_000_000)
+    monkeypatch.setattr(fast, "pick_device", lambda device=None: torch.device("meta"))
+    assert fast.mode_banner(66_000_000).endswith("step-by-step cells on the CPU, loops and demonstrations on meta")
