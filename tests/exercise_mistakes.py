@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import helpers
 from helpers import LlamaError
 from helpers import exercises as ex
+from helpers.decode import greedy_decode
 from helpers.generate import encode_dialog, generate, new_kv_cache
 from helpers.tokenizer import bpe_encode, load_bpe_ranks, split_long_runs
 from helpers.weights import PARAM_DEFAULTS, check_weights, load_params
@@ -430,6 +431,64 @@ def forward_last_row(weights, params, tokens):
     return _my_forward(weights, params, tokens, last=True)
 
 
+# --- 09 with the course's checkpoints' bf16 weights: compute in float32 -------------------------------------------
+
+def block_stored_weights(x, weights, layer, params, freqs_cis, mask):  # the tensors used as stored
+    def w(name):
+        return weights[f"layers.{layer}.{name}.weight"]
+    n_kv = params.get("n_kv_heads") or params["n_heads"]
+    h = x + helpers.attention(helpers.rms_norm(x, w("attention_norm"), params["norm_eps"]), w("attention.wq"),
+                              w("attention.wk"), w("attention.wv"), w("attention.wo"), freqs_cis, mask,
+                              params["n_heads"], n_kv)
+    return h + helpers.feed_forward(helpers.rms_norm(h, w("ffn_norm"), params["norm_eps"]), w("feed_forward.w1"),
+                                    w("feed_forward.w2"), w("feed_forward.w3"))
+
+
+def block_in_weights_dtype(x, weights, layer, params, freqs_cis, mask):  # x converted to the weights' dtype
+    x16 = x.to(weights[f"layers.{layer}.attention.wq.weight"].dtype)
+    return block_stored_weights(x16, weights, layer, params, freqs_cis, mask).to(x.dtype)
+
+
+def block_float_weights(x, weights, layer, params, freqs_cis, mask):  # right: every tensor .float() (x is float32)
+    w = {k: v.float() for k, v in weights.items() if k.startswith(f"layers.{layer}.")}
+    return block_stored_weights(x, w, layer, params, freqs_cis, mask)
+
+
+def _bf16_forward(weights, params, tokens, block, embed_float=True):
+    tokens = torch.as_tensor(tokens)
+    head_dim = params["dim"] // params["n_heads"]
+    freqs = helpers.precompute_freqs_cis(head_dim, len(tokens), params["rope_theta"], helpers.rope_scaling(params))
+    x = weights["tok_embeddings.weight"][tokens]
+    x = x.float() if embed_float else x
+    for i in range(params["n_layers"]):
+        x = block(x, weights, i, params, freqs, helpers.causal_mask(len(tokens)))
+    x = helpers.rms_norm(x, weights["norm.weight"], params["norm_eps"])
+    out = weights["output.weight"] if "output.weight" in weights else weights["tok_embeddings.weight"]
+    return (x @ out.to(x.dtype).T).float()
+
+
+def forward_own_block_stored(weights, params, tokens):  # the notebook's own block, which uses the tensors as stored
+    return _bf16_forward(weights, params, tokens, block_stored_weights)
+
+
+def forward_output_as_stored(weights, params, tokens):  # the blocks convert, the output layer does not
+    x = weights["tok_embeddings.weight"][torch.as_tensor(tokens)].float()
+    head_dim = params["dim"] // params["n_heads"]
+    freqs = helpers.precompute_freqs_cis(head_dim, len(tokens), params["rope_theta"], helpers.rope_scaling(params))
+    for i in range(params["n_layers"]):
+        x = helpers.transformer_block(x, weights, i, params, freqs, helpers.causal_mask(len(tokens)))
+    x = helpers.rms_norm(x, weights["norm.weight"], params["norm_eps"])
+    return x @ weights.get("output.weight", weights["tok_embeddings.weight"]).T
+
+
+def forward_embedding_as_stored(weights, params, tokens):  # the rows stay bf16: every block computes in bf16
+    return _bf16_forward(weights, params, tokens, helpers.transformer_block, embed_float=False)
+
+
+def forward_converts_once(weights, params, tokens):  # right: the whole model converted to float32 first
+    return _bf16_forward({k: v.float() for k, v in weights.items()}, params, tokens, helpers.transformer_block)
+
+
 # --- 10 ----------------------------------------------------------------------------------------------------
 
 def ctx_ignores_max_seq_len(params):
@@ -477,6 +536,38 @@ def gen_small_cache(weights, params, prompt_tokens, max_new_tokens, stop_tokens=
 
 def gen_keeps_stop(weights, params, prompt_tokens, max_new_tokens, stop_tokens=()):
     return _my_generate(weights, params, prompt_tokens, max_new_tokens, stop_tokens, keep_stop=True)
+
+
+def gen_greedy_wrapper(weights, params, prompt_tokens, max_new_tokens, stop_tokens=()):
+    return greedy_decode(weights, params, prompt_tokens, max_new_tokens, stop_tokens)  # notebook 10's loop, no cache
+
+
+def gen_refeeds_all(weights, params, prompt_tokens, max_new_tokens, stop_tokens=()):  # a cache, but the whole text fed
+    caches = new_kv_cache(params, len(prompt_tokens) + max_new_tokens)
+    ids = list(prompt_tokens)
+    for _ in range(max_new_tokens):
+        nxt = int(helpers.forward(weights, params, ids, 0, caches)[-1].argmax())
+        if nxt in stop_tokens:
+            break
+        ids.append(nxt)
+    return ids[len(prompt_tokens):]
+
+
+def gen_prefill_one_by_one(weights, params, prompt_tokens, max_new_tokens, stop_tokens=()):  # right: slower prefill
+    caches = new_kv_cache(params, len(prompt_tokens) + max_new_tokens)
+    for pos, t in enumerate(prompt_tokens):
+        logits = helpers.forward(weights, params, [t], pos, caches)
+    out, pos = [], len(prompt_tokens)
+    for _ in range(max_new_tokens):
+        nxt = logits[-1].argmax().item()
+        if nxt in stop_tokens:
+            break
+        out.append(nxt)
+        if len(out) == max_new_tokens:
+            break
+        logits = helpers.forward(weights, params, [nxt], pos, caches)
+        pos += 1
+    return out
 
 
 def dialog_no_bos(tokenizer, messages):
@@ -649,6 +740,10 @@ def hidden_ceil(dim, multiple_of, mult):  # right: math.ceil returns an int
     return math.ceil(hidden / multiple_of) * multiple_of
 
 
+BF16_WEIGHTS = ("the weights are stored in bf16: convert each one to x's dtype (float32) as you use it, as "
+                "helpers.transformer_block does")
+NO_CACHE = "each step re-runs the whole sequence: keep a KV cache (new_kv_cache) and feed only the new token at start_pos"
+
 REFERENCES = [
     (ex.check_load_bpe_ranks, load_bpe_ranks), (ex.check_bpe_encode, bpe_encode), (ex.check_split_long_runs, split_long_runs),
     (ex.check_load_params, load_params), (ex.check_check_weights, check_weights), (ex.check_layer_norm, layer_norm_torch),
@@ -658,7 +753,9 @@ REFERENCES = [
 ]
 
 ACCEPTED = [(ex.check_rms_norm, rms_gain_before_cast), (ex.check_rms_norm, rms_torch_functional),
-            (ex.check_causal_mask, mask_triu_offset), (ex.check_ffn_hidden_dim, hidden_ceil)]
+            (ex.check_causal_mask, mask_triu_offset), (ex.check_ffn_hidden_dim, hidden_ceil),
+            (ex.check_transformer_block, block_float_weights), (ex.check_forward, forward_converts_once),
+            (ex.check_generate, gen_prefill_one_by_one)]
 
 WRONG = [
     (ex.check_rms_norm, rms_all_bf16, "normalised in bf16"),
@@ -743,6 +840,13 @@ WRONG = [
     (ex.check_generate, gen_pos_plus_one, "advanced by 1 after the prefill"),
     (ex.check_generate, gen_small_cache, "cache too short"),
     (ex.check_generate, gen_keeps_stop, "stop token kept"),
+    (ex.check_generate, gen_greedy_wrapper, NO_CACHE),
+    (ex.check_generate, gen_refeeds_all, NO_CACHE),
+    (ex.check_transformer_block, block_stored_weights, BF16_WEIGHTS),
+    (ex.check_transformer_block, block_in_weights_dtype, "computed in bf16?"),
+    (ex.check_forward, forward_own_block_stored, BF16_WEIGHTS),
+    (ex.check_forward, forward_output_as_stored, BF16_WEIGHTS),
+    (ex.check_forward, forward_embedding_as_stored, "computed in bf16? The embedding rows are stored in bf16 too"),
     (ex.check_encode_dialog, dialog_no_bos, "no <|begin_of_text|>"),
     (ex.check_encode_dialog, dialog_no_reply_header, "assistant's header missing"),
     (ex.check_encode_dialog, dialog_strips, "content stripped"),

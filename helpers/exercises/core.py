@@ -170,10 +170,12 @@ def _call(name: str, fn, label: str, args):
 
 
 def run_checks(name: str, fn, reference, cases, mistakes=(), bf16_tol: dict | None = None,
-               dtype_hint: str = CAST_BACK) -> bool:
+               dtype_hint: str = CAST_BACK, verify=None) -> bool:
     """cases: [(label, args)]; mistakes: [(hint, wrong_fn)]. Prints one verdict; True when every case agrees.
     bf16_tol: a stricter tolerance for comparing bf16 results with the reference (mistakes still match loosely);
-    dtype_hint: the advice when the result has the wrong dtype."""
+    dtype_hint: the advice when the result has the wrong dtype; verify: called once every case agrees, for what
+    the results cannot show (how fn computed them): None when all is well, else the problem, printed after
+    "✗ name "."""
     for label, args in cases:
         expected = reference(*clone(args))
         got = _call(name, fn, label, args)
@@ -187,6 +189,10 @@ def run_checks(name: str, fn, reference, cases, mistakes=(), bf16_tol: dict | No
                 print(f"✗ {name} is wrong on {label}: {problem}. It looks like this mistake: {hint}")
                 return False
         print(f"✗ {name} is wrong on {label}: {problem}.")
+        return False
+    problem = verify() if verify is not None else None
+    if problem:
+        print(f"✗ {name} {problem}")
         return False
     print(f"✓ {name} agrees with the course's function on all {len(cases)} inputs.")
     return True

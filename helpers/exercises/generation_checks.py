@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .. import layers
 from ..generate import encode_dialog, generate, new_kv_cache
@@ -11,13 +12,18 @@ from ..model import forward, rope_scaling, transformer_block
 from ..tokenizer import load_tokenizer
 from ..weights import context_length
 from .core import outcome, run_checks, wrapping
-from .model_checks import SMALL, small_model
+from .model_checks import BF16_WEIGHTS, SMALL, _block_variant, as_bf16, small_model
 
 # --- 09 the whole forward pass ---------------------------------------------------------------------------
 
 
-def _forward_variant(final_norm=True, output="output", scaled=True, kv_key="get", last=False, final_eps=None):
-    """The course's forward (no cache) with one known mistake switched on."""
+def _forward_variant(final_norm=True, output="output", scaled=True, kv_key="get", last=False, final_eps=None,
+                     cast="x"):
+    """The course's forward (no cache) with one known mistake switched on. cast: "x" converts each stored tensor to
+    float32 as it is used (right), "none" uses them as stored (a block without .to(x.dtype), the output table as
+    it is), "bf16" leaves the embedding rows in the stored dtype (every block then computes in it)."""
+    block = _block_variant(cast="none") if cast == "none" else transformer_block
+
     def fwd(weights, params, tokens):
         tokens = torch.as_tensor(tokens, dtype=torch.long).reshape(-1)
         t, head_dim = len(tokens), params["dim"] // params["n_heads"]
@@ -25,25 +31,27 @@ def _forward_variant(final_norm=True, output="output", scaled=True, kv_key="get"
         freqs_cis = layers.precompute_freqs_cis(head_dim, t, params["rope_theta"], scaling)
         if kv_key == "index":
             params["n_kv_heads"]  # noqa: B018 - a learner's KeyError when params.json leaves it out
-        h = weights["tok_embeddings.weight"][tokens].float()
+        h = weights["tok_embeddings.weight"][tokens]
+        h = h if cast == "bf16" else h.float()
         for layer in range(params["n_layers"]):
-            h = transformer_block(h, weights, layer, params, freqs_cis, layers.causal_mask(t))
+            h = block(h, weights, layer, params, freqs_cis, layers.causal_mask(t))
         h = h[-1:] if last else h
         eps = params["norm_eps"] if final_eps is None else final_eps
-        h = layers.rms_norm(h, weights["norm.weight"], eps) if final_norm else h
+        h = layers.rms_norm(h, weights["norm.weight"].to(h.dtype), eps) if final_norm else h
         if output == "embedding":
             table = weights["tok_embeddings.weight"]
         elif output == "required":
             table = weights["output.weight"]
         else:
             table = weights.get("output.weight", weights["tok_embeddings.weight"])
-        return (h @ table.float().T).float()
+        return (h @ (table if cast == "none" else table.to(h.dtype)).T).float()
     return fwd
 
 
 def check_forward(fn) -> bool:
     """fn(weights, params, tokens) -> float32 logits [T, vocab] like helpers.forward (no cache), on small random
-    models: grouped-query, without n_kv_heads in params, tied output, Llama 3.1's scaled RoPE."""
+    models: grouped-query, without n_kv_heads in params, tied output, Llama 3.1's scaled RoPE, and weights stored
+    in bf16 as the course's checkpoints are (the course's forward computes in float32 whatever they are stored in)."""
     weights, params = small_model(19)
     tied = {k: v for k, v in weights.items() if k != "output.weight"}
     mha = {k: v for k, v in SMALL.items() if k != "n_kv_heads"}  # as many KV heads as query heads
@@ -54,8 +62,16 @@ def check_forward(fn) -> bool:
              ("output tied to the embedding (no output.weight)", (tied, params, [3, 1, 4, 1, 5])),
              ("params without n_kv_heads (one KV head per query head)", (mha_weights, mha, [2, 7, 1, 8])),
              ("use_scaled_rope (Llama 3.1), rope_theta 500000, 12 tokens", (weights, scaled, list(range(3, 15)))),
-             ("norm_eps 0.1 (a hard-coded eps shows)", (weights, {**params, "norm_eps": 0.1}, [4, 2, 6, 9]))]
+             ("norm_eps 0.1 (a hard-coded eps shows)", (weights, {**params, "norm_eps": 0.1}, [4, 2, 6, 9])),
+             # last: a learner's other mistakes show on the float32 models first
+             ("weights stored in bf16 (as the course's checkpoints)", (as_bf16(weights), params, [1, 2, 3, 4, 5])),
+             ("weights stored in bf16, output tied to the embedding", (as_bf16(tied), params, [3, 1, 4]))]
     mistakes = [
+        (BF16_WEIGHTS.removesuffix(".") + ": in every block, the final norm and the output layer, and the "
+         "embedding rows to float32 (.float()).", _forward_variant(cast="none")),
+        ("computed in bf16? The embedding rows are stored in bf16 too: convert them to float32 (.float()), so that "
+         "every block computes in float32 (it converts each weight to x's dtype as it uses it).",
+         _forward_variant(cast="bf16")),
         ("the final norm skipped? h goes through rms_norm(h, norm.weight, norm_eps) before the output layer.",
          _forward_variant(final_norm=False)),
         ("the embedding table used as the output layer? Only a checkpoint without output.weight ties them.",
@@ -125,9 +141,37 @@ def _generate_variant(advance="len", cache_len=None, row=-1, keep_stop=False, ke
     return gen
 
 
+class _TableReads(TorchDispatchMode):
+    """While active, counts the rows read from one embedding table (`table[ids]`, F.embedding, index_select,
+    `table[i]`): one per token position a forward pass computes, whichever forward the learner's code calls."""
+
+    _LOOKUPS = {torch.ops.aten.index, torch.ops.aten.embedding, torch.ops.aten.index_select, torch.ops.aten.select}
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__()
+        self.storage, self.width, self.rows = table.untyped_storage().data_ptr(), table.shape[-1], []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        packet = func.overloadpacket
+        if packet in self._LOOKUPS and isinstance(out, torch.Tensor) and out.numel():
+            source = args[0]  # the table comes first in each, embedding(weight, ids) too
+            axis = args[1] if packet in (torch.ops.aten.select, torch.ops.aten.index_select) else 0
+            if (isinstance(source, torch.Tensor) and source.dim() == 2 and axis % 2 == 0 and out.shape[-1] == self.width
+                    and source.untyped_storage().data_ptr() == self.storage):
+                self.rows.append(out.numel() // self.width)
+        return out
+
+
+NO_CACHE = ("each step re-runs the whole sequence: keep a KV cache (new_kv_cache) and feed only the new token at "
+            "start_pos (forward(weights, params, [next_token], start_pos, caches)).")
+
+
 def check_generate(fn) -> bool:
     """fn(weights, params, prompt_tokens, max_new_tokens, stop_tokens=...) -> new ids like helpers.generate with
-    temperature 0 (greedy): the prompt once (prefill), then one token per step through a KV cache."""
+    temperature 0 (greedy): the prompt once (prefill), then one token per step through a KV cache. Besides the ids,
+    it counts the token positions the model computed (rows read from the embedding table): re-running the whole
+    sequence at each step (helpers.greedy_decode, notebook 10) gives the same ids but no cache."""
     weights, params = small_model(18)
     free_run = generate(weights, params, [1, 2, 3], 6, stop_tokens=())
     stop = free_run[3]
@@ -150,7 +194,29 @@ def check_generate(fn) -> bool:
     def call(f):
         return outcome(wrapping(f, lambda w, p, prompt, n, stops: f(w, p, prompt, n, stop_tokens=stops)))
 
-    return run_checks("generate", call(fn), call(generate), cases, [(h, call(w)) for h, w in mistakes])
+    runs = []  # (the ids fn returned, the rows it read per lookup), one per case, in the order run_checks runs them
+    learner = call(fn)
+
+    def spied(*args):
+        with _TableReads(weights["tok_embeddings.weight"]) as reads:
+            result = learner(*args)
+        runs.append((result, reads.rows))
+        return result
+
+    def cached():
+        """None when no case computed a position twice, else what the positions show."""
+        for (label, (_, _, prompt, n, _)), (new, rows) in zip(cases, runs):
+            steps = len(new) if len(new) == n else len(new) + 1  # a stop token is found by one more step
+            needed = len(prompt) + max(steps - 1, 0)  # the prompt once, then the newest token at each step
+            if sum(rows) > needed:
+                shown = " + ".join(map(str, rows[:6])) + (" + …" if len(rows) > 6 else "")
+                return (f"returns the right ids, but on {label} the model computed {sum(rows)} token positions "
+                        f"({shown}) where a KV cache needs {needed} (the prompt once, then one token per step): "
+                        f"{NO_CACHE}")
+        return None
+
+    return run_checks("generate", wrapping(learner, spied), call(generate), cases, [(h, call(w)) for h, w in mistakes],
+                      verify=cached)
 
 
 # --- 11 the chat template --------------------------------------------------------------------------------

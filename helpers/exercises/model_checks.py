@@ -8,7 +8,7 @@ from ..decode import greedy_decode
 from ..generate import new_kv_cache, sample_top_p
 from ..model import forward, transformer_block
 from ..tiny import init_weights
-from .core import not_done, randn, run_checks, wrapping
+from .core import not_done, outcome, randn, run_checks, wrapping
 
 SMALL = {"dim": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 16, "ffn_dim_multiplier": 1.3,
          "norm_eps": 1e-5, "rope_theta": 10000.0, "use_scaled_rope": False}
@@ -25,10 +25,28 @@ def small_model(seed: int, vocab_size: int = 64) -> tuple[dict, dict]:
 
 # --- 09 one block ----------------------------------------------------------------------------------------
 
-def _block_variant(residual="x", norms=("attention_norm", "ffn_norm"), parallel=False, eps=None):
+def as_bf16(weights: dict) -> dict:
+    """The same model stored in bf16, as the course's checkpoints are (the tiny model, Meta's 8B)."""
+    return {k: v.to(torch.bfloat16) for k, v in weights.items()}
+
+
+BF16_WEIGHTS = ("the weights are stored in bf16: convert each one to x's dtype (float32) as you use it, as "
+                "helpers.transformer_block does (weights[...].to(x.dtype)).")
+BF16_COMPUTE = ("computed in bf16? The weights are stored in bf16, but the block computes in x's dtype (float32): "
+                "convert each weight to x.dtype as you use it, not x to the weights' dtype.")
+
+
+def _block_variant(residual="x", norms=("attention_norm", "ffn_norm"), parallel=False, eps=None, cast="x"):
+    """The course's block (no cache) with one known mistake switched on. cast: "x" converts each weight to x's
+    dtype (right), "none" uses the stored tensors as they are, "bf16" computes in the weights' dtype."""
     def block(x, weights, layer, params, freqs_cis, mask):
+        dtype = x.dtype
+        if cast == "bf16":
+            x = x.to(weights[f"layers.{layer}.attention.wq.weight"].dtype)
+
         def w(name):
-            return weights[f"layers.{layer}.{name}.weight"]
+            t = weights[f"layers.{layer}.{name}.weight"]
+            return t if cast == "none" else t.to(x.dtype)
         n_heads, norm_eps = params["n_heads"], params["norm_eps"] if eps is None else eps
         n_kv_heads = params.get("n_kv_heads") or n_heads
         normed = layers.rms_norm(x, w(norms[0]), norm_eps)
@@ -37,12 +55,14 @@ def _block_variant(residual="x", norms=("attention_norm", "ffn_norm"), parallel=
         h = {"x": x, "normed": normed, "none": 0}[residual] + attn
         ffn_in = layers.rms_norm(x if parallel else h, w(norms[1]), norm_eps)
         out = layers.feed_forward(ffn_in, w("feed_forward.w1"), w("feed_forward.w2"), w("feed_forward.w3"))
-        return {"x": h, "normed": h, "none": 0}[residual] + out
+        out = {"x": h, "normed": h, "none": 0}[residual] + out
+        return out.to(dtype) if cast == "bf16" else out
     return block
 
 
 def check_transformer_block(fn) -> bool:
-    """fn(x [T, dim], weights, layer, params, freqs_cis, mask) -> [T, dim] like helpers.transformer_block (no cache)."""
+    """fn(x [T, dim], weights, layer, params, freqs_cis, mask) -> [T, dim] like helpers.transformer_block (no cache);
+    on float32 weights, then on the same model stored in bf16 (as the course's checkpoints are) with float32 x."""
     weights, params = small_model(9)
     head_dim = params["dim"] // params["n_heads"]
     g = torch.Generator().manual_seed(9)
@@ -52,7 +72,14 @@ def check_transformer_block(fn) -> bool:
     x = randn(6, params["dim"], g=g, scale=0.1)  # small inputs: the mean square is near eps, a wrong eps shows
     cases.append(("layer 0, T 6, inputs of size 0.1, norm_eps 1e-3", (x, weights, 0, {**params, "norm_eps": 1e-3},
                   layers.precompute_freqs_cis(head_dim, 6, params["rope_theta"]), layers.causal_mask(6))))
+    bf16 = as_bf16(weights)  # last: a learner's other mistakes show on the float32 cases first
+    cases += [(f"weights stored in bf16 (as the course's checkpoints), float32 x, layer {layer}, T {t}",
+               (randn(t, params["dim"], g=g), bf16, layer, params,
+                layers.precompute_freqs_cis(head_dim, t, params["rope_theta"]), layers.causal_mask(t)))
+              for layer, t in [(0, 5), (1, 1)]]
     mistakes = [
+        (BF16_WEIGHTS, _block_variant(cast="none")),
+        (BF16_COMPUTE, _block_variant(cast="bf16")),
         ("the residual adds the normalised x? The stream that is added to is the un-normalised x: "
          "h = x + attention(attention_norm(x)).", _block_variant(residual="normed")),
         ("no residual connections? Each sub-layer's output is added to its input.", _block_variant(residual="none")),
@@ -61,7 +88,9 @@ def check_transformer_block(fn) -> bool:
          _block_variant(parallel=True)),
         *[("norm_eps hard-coded? Read it from params['norm_eps'].", _block_variant(eps=eps)) for eps in (1e-5, 1e-6)],
     ]
-    return run_checks("transformer_block", fn, transformer_block, cases, mistakes)
+    return run_checks("transformer_block", outcome(fn), outcome(transformer_block), cases,
+                      [(h, outcome(w)) for h, w in mistakes],
+                      dtype_hint="keep x's dtype (float32): convert each weight to x.dtype as you use it")
 
 
 # --- 10 greedy decoding ----------------------------------------------------------------------------------

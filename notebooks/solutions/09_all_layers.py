@@ -5,15 +5,15 @@ from helpers import attention, causal_mask, feed_forward, precompute_freqs_cis, 
 
 
 def transformer_block(x, weights, layer, params, freqs_cis, mask):
-    p = f"layers.{layer}."
+    def w(name):  # this layer's stored tensor (bf16 in the course's checkpoints), in x's dtype
+        return weights[f"layers.{layer}.{name}.weight"].to(x.dtype)
+
     n_kv_heads = params.get("n_kv_heads") or params["n_heads"]
-    normed = rms_norm(x, weights[p + "attention_norm.weight"], params["norm_eps"])
-    h = x + attention(normed, weights[p + "attention.wq.weight"], weights[p + "attention.wk.weight"],
-                      weights[p + "attention.wv.weight"], weights[p + "attention.wo.weight"],
+    normed = rms_norm(x, w("attention_norm"), params["norm_eps"])
+    h = x + attention(normed, w("attention.wq"), w("attention.wk"), w("attention.wv"), w("attention.wo"),
                       freqs_cis, mask, params["n_heads"], n_kv_heads)
-    normed = rms_norm(h, weights[p + "ffn_norm.weight"], params["norm_eps"])
-    return h + feed_forward(normed, weights[p + "feed_forward.w1.weight"], weights[p + "feed_forward.w2.weight"],
-                            weights[p + "feed_forward.w3.weight"])
+    normed = rms_norm(h, w("ffn_norm"), params["norm_eps"])
+    return h + feed_forward(normed, w("feed_forward.w1"), w("feed_forward.w2"), w("feed_forward.w3"))
 
 
 def forward(weights, params, tokens):
