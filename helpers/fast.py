@@ -58,12 +58,15 @@ def cast_weights(weights: dict, dtype: torch.dtype | None, device: torch.device 
     Tensors already in that dtype and place are shared, not copied: for Meta's bf16 checkpoint in bf16 mode on
     the CPU this copies nothing. The embedding table keeps its stored dtype (forward converts only the rows it
     picks) unless it doubles as the output layer."""
-    tied = "output.weight" not in weights
-    out = {}
-    for name, tensor in weights.items():
-        keep_dtype = dtype is None or tensor.dtype == dtype or (name == "tok_embeddings.weight" and not tied)
-        out[name] = tensor.to(device=device, dtype=tensor.dtype if keep_dtype else dtype)
-    return out
+    return {name: tensor.to(device=device, dtype=new_dtype(weights, name, dtype)) for name, tensor in weights.items()}
+
+
+def new_dtype(weights: dict, name: str, dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype cast_weights gives weights[name]: `dtype`, except None (as stored) and an untied embedding table
+    (as stored: forward converts only the rows it picks)."""
+    stored = weights[name].dtype
+    untied_table = name == "tok_embeddings.weight" and "output.weight" in weights
+    return stored if dtype is None or untied_table else dtype
 
 
 def memory_available(device: torch.device) -> int | None:
@@ -82,12 +85,11 @@ def memory_available(device: torch.device) -> int | None:
 
 def copy_bytes(weights: dict, dtype: torch.dtype, device: torch.device) -> int:
     """Bytes of the new tensors cast_weights(weights, dtype, device) allocates (shared tensors cost nothing)."""
-    tied = "output.weight" not in weights
     total = 0
     for name, tensor in weights.items():
-        new_dtype = tensor.dtype if tensor.dtype == dtype or (name == "tok_embeddings.weight" and not tied) else dtype
-        if new_dtype != tensor.dtype or tensor.device != device:
-            total += tensor.numel() * new_dtype.itemsize
+        target = new_dtype(weights, name, dtype)
+        if target != tensor.dtype or tensor.device != device:
+            total += tensor.numel() * target.itemsize
     return total
 
 
