@@ -18,9 +18,9 @@ def greedy_decode(weights: dict, params: dict, tokens, max_new_tokens: int, stop
     last row, and stops early when that id is in `stop_tokens`. Keep T + max_new_tokens within the model's
     context length (helpers.context_length). `dtype`, `fused`: the mode, as helpers.choose_mode returns it."""
     ids = torch.as_tensor(tokens, dtype=torch.long, device="cpu").reshape(-1).tolist()  # ids, on the host
-    new = []
+    new, buffers = [], {}  # buffers: where bf16 weights are converted, reused by every step (model.converted)
     for _ in range(max_new_tokens):
-        next_token = int(forward(weights, params, ids + new, dtype=dtype, fused=fused)[-1].argmax())
+        next_token = int(forward(weights, params, ids + new, dtype=dtype, fused=fused, buffers=buffers)[-1].argmax())
         if next_token in stop_tokens:
             break
         new.append(next_token)

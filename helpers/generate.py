@@ -118,9 +118,10 @@ def _decode(weights, params, prompt, max_new_tokens, temperature, top_p, stop_to
     """The decode loop of generate_stream, once its arguments are checked."""
     caches = new_kv_cache(params, len(prompt) + max_new_tokens, dtype, weights["tok_embeddings.weight"].device)
     tokens, start_pos = prompt, 0  # first the whole prompt (prefill), then one token at a time
+    buffers = {}  # where weights stored in another dtype are converted, step after step (model.converted)
     for _ in range(max_new_tokens):
         with torch.inference_mode():  # only around the compute: a generator must not leak the mode to its caller
-            logits = forward(weights, params, tokens, start_pos, caches, dtype, True, fused)[-1]  # what follows
+            logits = forward(weights, params, tokens, start_pos, caches, dtype, True, fused, buffers)[-1]
             next_token = sample_next(logits, temperature, top_p, generator)
         if next_token in stop_tokens:
             return

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import LlamaError
-from .fast import cast_weights, pick_dtype
+from .fast import cast_weights, memory_available, pick_dtype
 from .generate import check_generation, default_stop_tokens, encode_dialog, sample_next, stream_text
 from .parallel import new_local_kv_cache, parallel_forward
 from .shards import load_rank_weights, shard_paths
@@ -56,14 +56,27 @@ def agree_on_error(error: str | None, digest: str | None = None, group=None) -> 
     return None
 
 
-def agree_on_dtype(choice: str, model_bytes: int, exact_below_gb: float = 1.0, group=None) -> torch.dtype:
+def agree_on_dtype(choice: str, model_bytes: int, exact_below_gb: float = 1.0, group=None,
+                   stored: torch.dtype = torch.bfloat16) -> torch.dtype:
     """The compute dtype, chosen on rank 0 (as helpers.fast.choose_mode chooses) and sent to every rank:
-    a speed probe could pick differently on two ranks, and the ranks must compute alike."""
-    dtypes = (torch.float32, torch.bfloat16)
+    a speed probe could pick differently on two ranks, and the ranks must compute alike.
+    Also choose_mode's memory rule, for the ranks on one machine together: a *measured* dtype whose converted
+    copies (this machine's share of the `model_bytes` stored as `stored`: LOCAL_WORLD_SIZE of the world's ranks)
+    would not fit in the free memory gives way to `stored`. Rank 0 checks on its own machine, before any rank
+    converts (they all wait here), and assumes every machine alike; a dtype asked for is kept (choose_mode
+    refuses one that does not fit), and the untied embedding table, which stays as stored, is counted too."""
+    dtypes = (torch.float32, torch.bfloat16, torch.float16)
     pick = torch.zeros(1, dtype=torch.long)
     if dist.get_rank(group) == 0:
         auto = choice in (None, "auto") and os.environ.get("LLAMA3_DTYPE", "auto") == "auto"
-        dtype = torch.float32 if auto and model_bytes < exact_below_gb * 1e9 else pick_dtype(choice)
+        exact = auto and model_bytes < exact_below_gb * 1e9
+        dtype = torch.float32 if exact else pick_dtype(choice)
+        if auto and not exact and dtype != stored and stored in dtypes:
+            world = dist.get_world_size(group)
+            share = int(os.environ.get("LOCAL_WORLD_SIZE", world)) / world  # the ranks on this machine
+            free = memory_available(torch.device("cpu"))
+            if free is not None and model_bytes * share * dtype.itemsize / stored.itemsize > 0.9 * free:
+                dtype = stored  # as choose_mode: compute in the checkpoint's dtype, nothing copied
         pick[0] = dtypes.index(dtype)
     dist.broadcast(pick, src=0, group=group)
     return dtypes[int(pick)]
@@ -151,7 +164,7 @@ def _run_parallel(args) -> int:
             if rank == 0:
                 print(f"error: {error}", file=sys.stderr)
             return 2
-        dtype = agree_on_dtype(args.dtype, state["bytes"])
+        dtype = agree_on_dtype(args.dtype, state["bytes"], stored=state["weights"]["norm.weight"].dtype)
         weights = cast_weights(state["weights"], dtype)
         new_tokens = parallel_generate_stream(
             weights, state["params"], state["tokens"], args.max_new_tokens, temperature=args.temperature,

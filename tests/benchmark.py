@@ -5,13 +5,18 @@
 
 Builds (once, cached in tests/.cache/) a random Meta-format checkpoint of exactly that shape, then measures in
 separate processes, so that each one's peak memory is its own:
-  - helpers (fast mode): prefill of the prompt, then KV-cached greedy decode, token by token;
+  - helpers (fast mode): prefill of the prompt, then KV-cached greedy decode, token by token; with
+    --weights stored also the variant that keeps the weights as stored and converts each one into a reused
+    buffer as it is used (helpers.model.converted): no converted copy of the model, one conversion per pass;
   - Hugging Face LlamaForCausalLM with the same weights and thread count, in bf16 and in float32 (sdpa
-    attention, its KV cache, logits for the last position only), keeping the faster;
+    attention, its KV cache, logits for the last position only), keeping the faster (--hf-dtypes: which);
   - the machine's read bandwidth (summing a tensor far larger than the caches), which bounds decode speed:
     every new token must read every weight once.
-Prints a table, then, as its last line, one JSON object. Prefill: median over --reps repetitions; decode: the
-median of every single decode step's time over --reps runs (tokens/s = 1 / that).
+Prints a table, then, as its last line, one JSON object. Each of --reps runs is a prefill and a decode, after a
+short warm-up (a prefill of at most 17 tokens and one step: kernels chosen, nothing timed; a long prompt's first
+prefill is not warmed up); prefill: the median of the runs' prefills;
+decode: the median of every single decode step's time over the runs (tokens/s = 1 / that).
+A long prompt: python tests/benchmark.py --prompt-tokens 8192 --reps 1 --hf-dtypes float32 --weights stored
 """
 from __future__ import annotations
 
@@ -111,51 +116,54 @@ def median_time(fn, reps: int) -> float:
     return statistics.median(times)
 
 
-def decode_steps(decode, reps: int) -> tuple[list[int], list[float]]:
-    """Run decode(steps) reps times -> (its tokens, the time of every single decode step). The median step is the
-    decode speed: timing each step, not (whole run - prefill), keeps a noisy prefill out of the decode figure."""
-    steps = []
-    for _ in range(reps):
-        generated = decode(steps)
-    return generated, steps
-
-
 def prompt_tokens(n: int, vocab: int) -> list[int]:
     return torch.randint(0, min(vocab, 128000), (n,), generator=torch.Generator().manual_seed(1)).tolist()
 
 
-def worker_helpers(folder: Path, args) -> dict:
-    """Prefill and KV-cached decode with helpers in fast mode (helpers.choose_mode: measured dtype, fused attention)."""
+def timed_runs(prefill, step, n_prompt: int, n_new: int, reps: int) -> dict:
+    """A warm-up (a prefill of at most 17 tokens, one step), then `reps` runs of prefill(n) + n_new single steps step(token, pos) ->
+    the median prefill time, decode tokens/s from the median single step, and the last run's tokens."""
+    prefill(min(n_prompt, 17))
+    step(0, min(n_prompt, 17))
+    prefills, steps = [], []
+    for _ in range(reps):
+        start = time.perf_counter()
+        logits = prefill(n_prompt)
+        prefills.append(time.perf_counter() - start)
+        out = []
+        for pos in range(n_prompt, n_prompt + n_new):
+            out.append(int(logits[-1].argmax()))
+            start = time.perf_counter()
+            logits = step(out[-1], pos)
+            steps.append(time.perf_counter() - start)
+    return {"prefill_s": statistics.median(prefills), "decode_tok_s": 1 / statistics.median(steps), "tokens": out}
+
+
+def worker_helpers(folder: Path, args, stored: bool = False) -> dict:
+    """Prefill and KV-cached decode with helpers in fast mode (helpers.choose_mode: measured dtype, fused attention).
+    stored: the weights as the checkpoint stores them, each converted into a reused buffer as it is used."""
     from helpers import forward, load_model
-    from helpers.fast import choose_mode
+    from helpers.fast import choose_mode, pick_dtype
     from helpers.generate import new_kv_cache
 
     weights, params = load_model(folder)
-    weights, dtype, fused = choose_mode(weights, args.dtype, exact_below_gb=0.0)  # the fast mode, whatever the size
+    if stored:  # the fast mode's dtype and attention, the weights left as stored (no converted copy is ever made)
+        dtype, fused = pick_dtype(args.dtype, torch.device("cpu")), True
+    else:
+        weights, dtype, fused = choose_mode(weights, args.dtype, exact_below_gb=0.0)  # the fast mode, whatever the size
     tokens = prompt_tokens(args.prompt_tokens, weights["tok_embeddings.weight"].shape[0])
-    total = args.prompt_tokens + args.new_tokens
-    caches = new_kv_cache(params, total, dtype)
+    caches = new_kv_cache(params, args.prompt_tokens + args.new_tokens, dtype)
+    buffers = {}  # kept from call to call, as generate does
 
-    def prefill():
-        return forward(weights, params, tokens, 0, caches, dtype, last_only=True, fused=fused)
+    def prefill(n):
+        return forward(weights, params, tokens[:n], 0, caches, dtype, True, fused, buffers)
 
-    def decode(steps=None):
-        logits = prefill()
-        out = []
-        for pos in range(args.prompt_tokens, total):
-            out.append(int(logits[-1].argmax()))
-            start = time.perf_counter()
-            logits = forward(weights, params, out[-1:], pos, caches, dtype, last_only=True, fused=fused)
-            if steps is not None:
-                steps.append(time.perf_counter() - start)
-        return out
+    def step(token, pos):
+        return forward(weights, params, [token], pos, caches, dtype, True, fused, buffers)
 
     with torch.inference_mode():
-        decode()  # warm-up
-        t_prefill = median_time(prefill, args.reps)
-        generated, steps = decode_steps(decode, args.reps)
-    return {"dtype": str(dtype).replace("torch.", ""), "fused": fused, "prefill_s": t_prefill,
-            "decode_tok_s": 1 / statistics.median(steps), "tokens": generated}
+        result = timed_runs(prefill, step, args.prompt_tokens, args.new_tokens, args.reps)
+    return {"dtype": str(dtype).replace("torch.", ""), "fused": fused, **result}
 
 
 def worker_hf(folder: Path, args, dtype: torch.dtype) -> dict:
@@ -169,28 +177,19 @@ def worker_hf(folder: Path, args, dtype: torch.dtype) -> dict:
     model = hf_llama(weights, params, dtype=dtype, attn="sdpa")
     del weights
     tokens = torch.tensor([prompt_tokens(args.prompt_tokens, model.config.vocab_size)])
+    state = {}
 
-    def prefill():
-        cache = DynamicCache(config=model.config)
-        return model(input_ids=tokens, past_key_values=cache, use_cache=True, logits_to_keep=1), cache
+    def prefill(n):
+        state["cache"] = DynamicCache(config=model.config)
+        return model(input_ids=tokens[:, :n], past_key_values=state["cache"], use_cache=True, logits_to_keep=1).logits[0]
 
-    def decode(steps=None):
-        out, cache = prefill()
-        generated = []
-        for _ in range(args.new_tokens):
-            generated.append(int(out.logits[0, -1].argmax()))
-            start = time.perf_counter()
-            out = model(input_ids=torch.tensor([generated[-1:]]), past_key_values=cache, use_cache=True, logits_to_keep=1)
-            if steps is not None:
-                steps.append(time.perf_counter() - start)
-        return generated
+    def step(token, pos):
+        return model(input_ids=torch.tensor([[token]]), past_key_values=state["cache"], use_cache=True,
+                     logits_to_keep=1).logits[0]
 
     with torch.inference_mode():
-        decode()
-        t_prefill = median_time(prefill, args.reps)
-        generated, steps = decode_steps(decode, args.reps)
-    return {"dtype": str(dtype).replace("torch.", ""), "prefill_s": t_prefill,
-            "decode_tok_s": 1 / statistics.median(steps), "tokens": generated}
+        result = timed_runs(prefill, step, args.prompt_tokens, args.new_tokens, args.reps)
+    return {"dtype": str(dtype).replace("torch.", ""), **result}
 
 
 def read_bandwidth(reps: int) -> float:
@@ -203,7 +202,8 @@ def read_bandwidth(reps: int) -> float:
 def run_worker(kind: str, args) -> dict:
     """Run one measurement in a fresh process; add its peak RSS."""
     cmd = [sys.executable, __file__, "--worker", kind, "--shape", args.shape, "--prompt-tokens", str(args.prompt_tokens),
-           "--new-tokens", str(args.new_tokens), "--reps", str(args.reps), "--threads", str(args.threads)]
+           "--new-tokens", str(args.new_tokens), "--reps", str(args.reps), "--threads", str(args.threads),
+           "--hf-dtypes", args.hf_dtypes]
     if args.dtype:
         cmd += ["--dtype", args.dtype]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -231,6 +231,10 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--dtype", help="helpers' compute dtype (default: chosen by measuring)")
     ap.add_argument("--no-hf", action="store_true", help="measure helpers only (the 8B and HF together do not fit 24 GB)")
+    ap.add_argument("--hf-dtypes", default="bfloat16,float32",
+                    help="Hugging Face's dtypes to measure, comma-separated (default both; the faster one is compared)")
+    ap.add_argument("--weights", choices=["converted", "stored"], default="converted",
+                    help="stored: also measure helpers with the weights as stored, converted as used (no copy)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -238,8 +242,8 @@ def main(argv=None):
 
     if args.worker:
         folder = build_checkpoint(args.shape)
-        if args.worker == "helpers":
-            result = worker_helpers(folder, args)
+        if args.worker in ("helpers", "helpers-stored"):
+            result = worker_helpers(folder, args, stored=args.worker == "helpers-stored")
         elif args.worker == "bandwidth":
             result = {"read_gb_s": read_bandwidth(args.reps)}
         else:
@@ -248,25 +252,39 @@ def main(argv=None):
         print(json.dumps(result))
         return
 
+    hf_kinds = {"bfloat16": "hf-bf16", "bf16": "hf-bf16", "float32": "hf-fp32", "fp32": "hf-fp32"}
+    asked = [d.strip().lower() for d in args.hf_dtypes.split(",") if d.strip()]
+    if not asked or any(d not in hf_kinds for d in asked):
+        raise SystemExit(f"--hf-dtypes {args.hf_dtypes!r}: give bfloat16, float32 or both, comma-separated.")
+    for flag in ("prompt_tokens", "new_tokens", "reps", "threads"):
+        if getattr(args, flag) < 1:
+            raise SystemExit(f"--{flag.replace('_', '-')} {getattr(args, flag)}: give a whole number of at least 1.")
     folder = build_checkpoint(args.shape)
     ckpt_gb = (folder / "consolidated.00.pth").stat().st_size / 1e9
     ours = run_worker("helpers", args)
-    hf_runs = {} if args.no_hf else {k: run_worker(k, args) for k in ("hf-bf16", "hf-fp32")}
+    stored = run_worker("helpers-stored", args) if args.weights == "stored" else None
+    hf_runs = {} if args.no_hf else {kind: run_worker(kind, args) for kind in dict.fromkeys(hf_kinds[d] for d in asked)}
     bandwidth = run_worker("bandwidth", args)["read_gb_s"]
     bound = bandwidth * 1e9 / weight_bytes_per_token(folder)  # tokens/s if decode only read the weights
 
-    rows = [("helpers (fast, " + ours["dtype"] + ")", ours)] + [(f"Hugging Face ({r['dtype']})", r) for r in hf_runs.values()]
+    rows = [("helpers (fast, " + ours["dtype"] + ")", ours)]
+    if stored:
+        rows.append(("helpers (" + stored["dtype"] + ", stored)", stored))
+    rows += [(f"Hugging Face ({r['dtype']})", r) for r in hf_runs.values()]
     print(f"shape {args.shape}: checkpoint {ckpt_gb:.2f} GB, {args.prompt_tokens} prompt tokens, "
           f"{args.new_tokens} new tokens, {args.threads} threads, medians of {args.reps}")
-    print(f"{'':28s} {'prefill s':>10s} {'decode tok/s':>13s} {'peak RSS GB':>12s}")
+    print(f"{'':32s} {'prefill s':>10s} {'decode tok/s':>13s} {'peak RSS GB':>12s}")
     for name, r in rows:
-        print(f"{name:28s} {r['prefill_s']:10.3f} {r['decode_tok_s']:13.2f} {r['peak_rss_gb']:12.2f}")
+        print(f"{name:32s} {r['prefill_s']:10.3f} {r['decode_tok_s']:13.2f} {r['peak_rss_gb']:12.2f}")
     print(f"read bandwidth {bandwidth:.1f} GB/s -> decode bound {bound:.2f} tok/s")
     result = {"shape": args.shape, "checkpoint_gb": ckpt_gb, "threads": args.threads,
               "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "reps": args.reps,
               "read_bandwidth_gb_s": bandwidth, "decode_bound_tok_s": bound,
               "helpers": {k: v for k, v in ours.items() if k != "tokens"}, "peak_rss_gb": ours["peak_rss_gb"],
               "decode_fraction_of_bandwidth_bound": ours["decode_tok_s"] / bound}
+    if stored:
+        result["helpers_stored"] = {k: v for k, v in stored.items() if k != "tokens"}
+        result["same_tokens_stored"] = stored["tokens"] == ours["tokens"]
     if hf_runs:
         best_prefill = min(r["prefill_s"] for r in hf_runs.values())
         best_decode = max(r["decode_tok_s"] for r in hf_runs.values())
@@ -276,6 +294,11 @@ def main(argv=None):
                        "same_tokens_as_hf": {k: r["tokens"] == ours["tokens"] for k, r in hf_runs.items()}})
         print(f"vs the faster Hugging Face setting: prefill {result['prefill_speedup_vs_hf']:.2f}x, "
               f"decode {result['decode_speedup_vs_hf']:.2f}x")
+        if stored:
+            result["stored_prefill_speedup_vs_hf"] = best_prefill / stored["prefill_s"]
+            result["stored_decode_speedup_vs_hf"] = stored["decode_tok_s"] / best_decode
+            print(f"  weights as stored: prefill {result['stored_prefill_speedup_vs_hf']:.2f}x, "
+                  f"decode {result['stored_decode_speedup_vs_hf']:.2f}x")
     print(f"decode at {result['decode_fraction_of_bandwidth_bound']:.0%} of the bandwidth bound; "
           f"peak RSS {ours['peak_rss_gb']:.2f} GB for a {ckpt_gb:.2f} GB checkpoint")
     print(json.dumps(result))

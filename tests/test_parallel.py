@@ -337,3 +337,35 @@ def test_rank_range_of_the_vocabulary():
     params = SHAPES["gqa8_real_vocab"][0]
     assert [rank_range("tok_embeddings.weight", (128256, 64), params, 8, r) for r in (0, 7)] == [(0, 16032),
                                                                                                  (112224, 128256)]
+
+
+@pytest.mark.parametrize("free_gb, local, stored, expected", [
+    (40.0, 2, torch.bfloat16, torch.float32),  # both ranks here: 16 GB stored, 32 GB in float32 ≤ 0.9 × 40
+    (20.0, 2, torch.bfloat16, torch.bfloat16),  # both ranks here: 32 GB > 18: the stored dtype
+    (20.0, 1, torch.bfloat16, torch.float32),  # one rank per machine: this machine's half, 16 GB ≤ 18
+    (20.0, 2, torch.float16, torch.float16),  # a float16 checkpoint gives way to float16
+    (20.0, 2, torch.float32, torch.float32),  # stored in float32: nothing to convert
+])
+def test_the_ranks_dtype_gives_way_to_the_stored_one_when_their_copies_do_not_fit(monkeypatch, free_gb, local, stored,
+                                                                                    expected):
+    import torch.distributed as dist
+
+    import helpers.launch as launch
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already running in this process")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        monkeypatch.setattr(launch, "pick_dtype", lambda choice: torch.float32)  # this CPU's probe, fixed
+        monkeypatch.setattr(launch, "memory_available", lambda device: free_gb * 1e9)
+        monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)  # rank 0 of 2 (one process runs here)
+        monkeypatch.delenv("LLAMA3_DTYPE", raising=False)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local))
+        assert launch.agree_on_dtype("auto", int(16e9), stored=stored) == expected
+        assert launch.agree_on_dtype("float32", int(16e9), stored=stored) == torch.float32  # asked for: kept
+        assert launch.agree_on_dtype("auto", int(0.5e9), stored=stored) == torch.float32  # small: the exact mode
+    finally:
+        dist.destroy_process_group()

@@ -28,9 +28,9 @@ def residual_stream(weights: dict, params: dict, tokens, n_blocks: int | None = 
     embedding, then after each block."""
     ids, freqs_cis, mask = _setup(weights, params, tokens)
     h = weights["tok_embeddings.weight"][ids].float()
-    stream = [h]
+    stream, buffers = [h], {}  # buffers: where each block's bf16 weights are converted (helpers.model.converted)
     for layer in range(params["n_layers"] if n_blocks is None else n_blocks):
-        h = transformer_block(h, weights, layer, params, freqs_cis, mask)
+        h = transformer_block(h, weights, layer, params, freqs_cis, mask, buffers=buffers)
         stream.append(h)
     return stream
 
