@@ -100,7 +100,7 @@ def choose_mode(weights: dict, dtype: str | torch.dtype | None = None, exact_bel
     tiny model: quick anyway, and bit-for-bit the tests' numbers): float32, the full score matrix (fused False).
     Otherwise the fast mode: the measured (or given) dtype, and torch's fused attention (fused True), so that a
     long prompt never holds all heads' [T, T] scores. A measured dtype whose copy of the weights would not fit in
-    the device's free memory gives way to the checkpoint's own dtype (an 8B in float32 needs 32 GB); a dtype
+    the device's free memory gives way to the checkpoint's own dtype (an 8B in float32 needs 30 GB); a dtype
     asked for that does not fit is a LlamaError. Weights are converted and moved once here, tensor by tensor."""
     device = pick_device(device)
     size_gb = sum(t.numel() * t.element_size() for t in weights.values()) / 1e9
