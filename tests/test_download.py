@@ -234,7 +234,10 @@ def test_cut_connection_then_rerun_resumes_byte_identical(hub, tmp_path, origina
 def test_ctrl_c_then_rerun_completes(hub, tmp_path, original):
     hub.stall_at = len(original[CKPT]) // 2  # the transfer hangs half-way: the learner presses Ctrl-C
     cmd, env = command(hub, tmp_path, ["--dir", str(tmp_path / "model")], GRANTED_TOKEN)
-    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A terminal's Ctrl-C reaches a foreground process; a test run started in the background (`cmd &` in a script)
+    # passes SIGINT on *ignored*, and Python then never raises KeyboardInterrupt: give the child the terminal's default.
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert hub.stalled.wait(60)
         time.sleep(0.5)
