@@ -2,8 +2,8 @@
 
 The *exact* mode (float32, what tests and check cells use) upcasts each bf16 weight as it is used (into buffers
 reused from layer to layer: helpers.model.converted): fine for small models, slow for big ones. The fast mode
-keeps Meta's stored bf16 weights as they are and computes in bf16 where the hardware is quick at it (RMSNorm,
-RoPE and softmax stay in float32, as in Meta's code). On a CPU without fast bf16 the picture flips: then float32 wins, with the weights converted once. On a
+keeps Meta's stored bf16 weights as they are and computes in bf16 where the hardware is quick at it (RMSNorm, RoPE and softmax stay in float32, as in Meta's
+code). On a CPU without fast bf16 the picture flips: then float32 wins, with the weights converted once. On a
 GPU the rule is Meta's: bf16 where the GPU supports it, else float16 (helpers.devices).
 Override the choice with the `dtype` argument or LLAMA3_DTYPE=bfloat16|float16|float32.
 """
