@@ -33,5 +33,5 @@ from .weights import (
 from .tiny import COURSE_PROMPT, ensure_tiny
 from .decode import greedy_decode
 from .devices import pick_device
-from .fast import cast_weights, choose_mode, pick_dtype
+from .fast import cast_weights, choose_mode, describe_mode, pick_dtype
 from .generate import encode_dialog, generate, generate_stream, new_kv_cache, sample_top_p, stream_text

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .devices import describe, pick_device
 from .errors import LlamaError
-from .fast import choose_mode
+from .fast import choose_mode, describe_mode
 from .generate import encode_dialog, generate_stream, stream_text
 from .tiny import COURSE_PROMPT
 from .tokenizer import load_tokenizer
@@ -55,7 +55,7 @@ def run(args) -> None:
         weights, params, tokens, args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
         stop_tokens=tokenizer.stop_tokens, seed=args.seed, dtype=dtype, fused=fused,
     )
-    print(f"[model: {model_name(model_dir)}, computing in {str(dtype).replace('torch.', '')} on {describe(device)}]",
+    print(f"[model: {model_name(model_dir)}, computing in {describe_mode(weights, dtype, fused)} on {describe(device)}]",
           file=sys.stderr)
     for text in stream_text(tokenizer, new_tokens):
         print(text, end="", flush=True)

@@ -1,10 +1,13 @@
-"""The *fast* mode: compute in the dtype this CPU multiplies fastest, chosen by measuring.
+"""The *fast* mode: compute in what this machine multiplies fastest, chosen by measuring.
 
 The *exact* mode (float32, what tests and check cells use) upcasts each bf16 weight as it is used (into buffers
 reused from layer to layer: helpers.model.converted): fine for small models, slow for big ones. The fast mode
-keeps Meta's stored bf16 weights as they are and computes in bf16 where the hardware is quick at it (RMSNorm, RoPE and softmax stay in float32, as in Meta's
-code). On a CPU without fast bf16 the picture flips: then float32 wins, with the weights converted once. On a
-GPU the rule is Meta's: bf16 where the GPU supports it, else float16 (helpers.devices).
+measures. Where bf16 matrix products are quick (a GPU, a CPU with bf16 instructions) it computes in bf16 on Meta's
+stored weights (RMSNorm, RoPE and softmax stay in float32, as in Meta's code). Where they are slow (a CPU without
+bf16 instructions) it computes in float32, and keeps the weights as stored if a matrix-vector product is faster
+in their dtype here: one token then multiplies in bf16, reading half the bytes, and a prompt converts blocks of
+rows as it goes (helpers.layers.linear_stored); otherwise it converts them once. On a GPU the rule is Meta's:
+bf16 where the GPU supports it, else float16 (helpers.devices).
 Override the choice with the `dtype` argument or LLAMA3_DTYPE=bfloat16|float16|float32.
 """
 from __future__ import annotations
@@ -22,13 +25,15 @@ DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.f
 
 
 def gemm_gflops(dtype: torch.dtype, rows: int = 32, dim: int = 2048, reps: int = 5) -> float:
-    """Median GFLOP/s of [rows, dim] @ [dim, dim] in `dtype` (a prompt-sized matrix product)."""
-    a, b = torch.randn(rows, dim).to(dtype), torch.randn(dim, dim).to(dtype)
-    a @ b  # warm-up: the first call picks kernels
+    """Median GFLOP/s of [rows, dim] @ [dim, dim].T in `dtype`: a prompt-sized product through a weight stored as
+    Meta stores it ([out, in]), the product `linear` computes (torch's kernel depends on the layout: on an AVX2
+    CPU, bf16 `a @ b` with b stored [in, out] measured 0.3 GFLOP/s, `a @ b.T` 21)."""
+    a, w = torch.randn(rows, dim).to(dtype), torch.randn(dim, dim).to(dtype)
+    a @ w.T  # warm-up: the first call picks kernels
     times = []
     for _ in range(reps):
         start = time.perf_counter()
-        a @ b
+        a @ w.T
         times.append(time.perf_counter() - start)
     return 2 * rows * dim * dim / sorted(times)[len(times) // 2] / 1e9
 
@@ -93,23 +98,54 @@ def copy_bytes(weights: dict, dtype: torch.dtype, device: torch.device) -> int:
     return total
 
 
+def gemv_seconds(dtype: torch.dtype, rows: int = 8192, cols: int = 4096, reps: int = 9) -> float:
+    """The best of `reps` timings of the matrix-vector product [rows, cols] @ [cols] in `dtype`: a decode step's
+    kernel, on a matrix larger than a CPU's caches (64 MB in bf16), so that it measures reading memory, as decode
+    does. The best, not the median: other work on the machine only ever adds time, and the choice it feeds
+    (keeps_stored) must not flip with a busy moment."""
+    w, x = torch.full((rows, cols), 0.5, dtype=dtype), torch.full((cols,), 0.5, dtype=dtype)
+    w @ x  # warm-up
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        w @ x
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def keeps_stored(stored: torch.dtype, chosen: torch.dtype, copy_fits: bool, device: torch.device) -> bool:
+    """The measured (auto) fast mode on a CPU: keep the weights as stored and compute in `chosen` (float32 where
+    bf16 matrix products are slow) by layers.linear_stored, instead of a converted copy? Yes when the copy does
+    not fit, or when a matrix-vector product in the stored dtype takes under 0.8 of the time it takes in `chosen`
+    here (a decode step reads each weight once: a bf16 weight is half the bytes). The probe judges decode only; a
+    prompt then pays for converting blocks of rows as it goes (measured about even with a copy: README, Speed)."""
+    if device.type != "cpu" or stored == chosen or stored.itemsize >= chosen.itemsize:
+        return False
+    return not copy_fits or gemv_seconds(stored) < 0.8 * gemv_seconds(chosen)  # a clear win, not a coin toss
+
+
 def choose_mode(weights: dict, dtype: str | torch.dtype | None = None, exact_below_gb: float = 1.0,
                 device: str | torch.device | None = None):
     """-> (weights, compute dtype, fused) for generation, on the device helpers.devices.pick_device chooses
     (`device`, else $LLAMA3_DEVICE, else auto). `dtype` None or "auto": the exact mode for a small checkpoint (the
     tiny model: quick anyway, and bit-for-bit the tests' numbers): float32, the full score matrix (fused False).
-    Otherwise the fast mode: the measured (or given) dtype, and torch's fused attention (fused True), so that a
-    long prompt never holds all heads' [T, T] scores. A measured dtype whose copy of the weights would not fit in
-    the device's free memory gives way to the checkpoint's own dtype (an 8B in float32 needs 30 GB); a dtype
-    asked for that does not fit is a LlamaError. Weights are converted and moved once here, tensor by tensor."""
+    Otherwise the fast mode (fused True): torch's fused attention, so that a long prompt never holds all heads'
+    [T, T] scores, and the measured (or given) dtype. A measured dtype on a CPU is computed on the weights as
+    stored when that is faster or the copy would not fit (keeps_stored; an 8B in float32 needs 30 GB); otherwise
+    the weights are converted once, tensor by tensor. A measured dtype that fits nowhere gives way to the
+    checkpoint's own; a dtype asked for is always a converted copy, and a LlamaError if it does not fit."""
     device = pick_device(device)
     size_gb = sum(t.numel() * t.element_size() for t in weights.values()) / 1e9
-    auto = dtype in (None, "auto") and os.environ.get("LLAMA3_DTYPE", "auto") == "auto"
+    asked = None if dtype in (None, "auto") else dtype  # "auto" (the CLI's default) defers to $LLAMA3_DTYPE too
+    auto = asked is None and os.environ.get("LLAMA3_DTYPE", "auto") == "auto"
     exact = auto and size_gb < exact_below_gb
-    chosen = torch.float32 if exact else pick_dtype(dtype, device)
+    chosen = torch.float32 if exact else pick_dtype(asked, device)
+    stored = weights["tok_embeddings.weight"].dtype
     free = memory_available(device)
-    if free is not None and copy_bytes(weights, chosen, device) > 0.9 * free:
-        stored = weights["norm.weight"].dtype
+    fits = free is None or copy_bytes(weights, chosen, device) <= 0.9 * free
+    if auto and not exact and keeps_stored(stored, chosen, fits, device):
+        return cast_weights(weights, None, device), chosen, True  # moved if need be, never converted
+    if not fits:
         if auto and not exact and copy_bytes(weights, stored, device) <= 0.9 * free:
             chosen = stored  # the measured choice does not fit: compute in the checkpoint's dtype, nothing copied
         else:
@@ -119,19 +155,37 @@ def choose_mode(weights: dict, dtype: str | torch.dtype | None = None, exact_bel
     return cast_weights(weights, chosen, device), chosen, not exact
 
 
+def describe_mode(weights: dict, dtype: torch.dtype, fused: bool) -> str:
+    """A few words for what choose_mode returned, e.g. "float32 on the stored bfloat16 weights"."""
+    name = str(dtype).replace("torch.", "")
+    untied_table = "tok_embeddings.weight" if "output.weight" in weights else None  # as stored in every mode
+    stored = {t.dtype for k, t in weights.items() if t.dim() == 2 and k != untied_table} - {dtype}
+    if fused and stored:
+        kept = str(stored.pop()).replace("torch.", "")
+        return f"{name} on the stored {kept} weights (one-token products in {kept})"
+    return name
+
+
 def mode_banner(model_bytes: int, exact_below_gb: float = 1.0) -> str:
-    """One line for a notebook's banner: where and in which dtype its cells compute (choose_mode's rules). The
-    step-by-step and check cells always compute on the CPU in float32; the loops and demonstrations use
-    helpers.choose_mode's device and dtype."""
+    """One line for a notebook's banner: where and in which dtype its cells compute (choose_mode's rules, for a
+    bf16 checkpoint of model_bytes). The step-by-step and check cells always compute on the CPU in float32; the
+    loops and demonstrations use helpers.choose_mode's device and dtype."""
     device = pick_device()
-    exact = os.environ.get("LLAMA3_DTYPE", "auto") == "auto" and model_bytes < exact_below_gb * 1e9
+    auto = os.environ.get("LLAMA3_DTYPE", "auto") == "auto"
+    exact = auto and model_bytes < exact_below_gb * 1e9
     if exact and device.type == "cpu":
         return "Compute: float32 (the exact mode) on cpu, every cell"
     if exact:
         return f"Compute: float32 (the exact mode); step-by-step cells on the CPU, loops and demonstrations on {describe(device)}"
     dtype = pick_dtype(None, device)
     free = memory_available(device)
-    if free is not None and model_bytes * dtype.itemsize / 2 > 0.9 * free:  # choose_mode's rule (a bf16 checkpoint)
-        dtype = torch.bfloat16
+    fits = free is None or model_bytes * dtype.itemsize / 2 <= 0.9 * free  # choose_mode's rule (a bf16 checkpoint)
+    name = str(dtype).replace("torch.", "")
+    if auto and keeps_stored(torch.bfloat16, dtype, fits, device):
+        name += " on the stored bfloat16 weights (one-token products in bfloat16)"
+    elif not fits and auto and free is not None and model_bytes <= 0.9 * free:
+        name = "bfloat16"  # choose_mode's fallback: the checkpoint's own dtype, nothing copied
+    elif not fits:
+        name += " (which does not fit in memory: helpers.choose_mode will refuse it)"
     return (f"Compute: check cells in float32 (the exact mode) on the CPU; loops and demonstrations in "
-            f"{str(dtype).replace('torch.', '')} on {describe(device)} (the fast mode, helpers.choose_mode)")
+            f"{name} on {describe(device)} (the fast mode, helpers.choose_mode)")

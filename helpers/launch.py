@@ -58,19 +58,21 @@ def agree_on_error(error: str | None, digest: str | None = None, group=None) -> 
 
 def agree_on_dtype(choice: str, model_bytes: int, exact_below_gb: float = 1.0, group=None,
                    stored: torch.dtype = torch.bfloat16) -> torch.dtype:
-    """The compute dtype, chosen on rank 0 (as helpers.fast.choose_mode chooses) and sent to every rank:
+    """The compute dtype, chosen on rank 0 (as helpers.fast.choose_mode chooses it) and sent to every rank:
     a speed probe could pick differently on two ranks, and the ranks must compute alike.
-    Also choose_mode's memory rule, for the ranks on one machine together: a *measured* dtype whose converted
-    copies (this machine's share of the `model_bytes` stored as `stored`: LOCAL_WORLD_SIZE of the world's ranks)
-    would not fit in the free memory gives way to `stored`. Rank 0 checks on its own machine, before any rank
+    Also a memory rule for the ranks on one machine together: a *measured* dtype whose converted copies (this
+    machine's share of the `model_bytes` stored as `stored`: LOCAL_WORLD_SIZE of the world's ranks) would not fit
+    in the free memory gives way to `stored`, computed in (parallel_forward converts whole weights: it does not keep
+    them as stored in another compute dtype, as choose_mode can). Rank 0 checks on its own machine, before any rank
     converts (they all wait here), and assumes every machine alike; a dtype asked for is kept (choose_mode
     refuses one that does not fit), and the untied embedding table, which stays as stored, is counted too."""
     dtypes = (torch.float32, torch.bfloat16, torch.float16)
     pick = torch.zeros(1, dtype=torch.long)
     if dist.get_rank(group) == 0:
-        auto = choice in (None, "auto") and os.environ.get("LLAMA3_DTYPE", "auto") == "auto"
+        asked = None if choice in (None, "auto") else choice  # "auto" (the CLI's default) defers to $LLAMA3_DTYPE
+        auto = asked is None and os.environ.get("LLAMA3_DTYPE", "auto") == "auto"
         exact = auto and model_bytes < exact_below_gb * 1e9
-        dtype = torch.float32 if exact else pick_dtype(choice)
+        dtype = torch.float32 if exact else pick_dtype(asked)
         if auto and not exact and dtype != stored and stored in dtypes:
             world = dist.get_world_size(group)
             share = int(os.environ.get("LOCAL_WORLD_SIZE", world)) / world  # the ranks on this machine

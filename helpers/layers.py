@@ -14,10 +14,40 @@ import torch
 
 def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """x: [T, in], w: [out, in] (as Meta stores it) -> x @ w.T: [T, out]. One token (T = 1, every step of a
-    KV-cached decode) is computed as the matrix-vector product w @ x[0]: the same product, another kernel."""
+    KV-cached decode) is computed as the matrix-vector product w @ x[0]: the same product, another kernel.
+    A weight stored in another dtype than x (the fast mode keeping Meta's bf16 weights): `linear_stored`."""
+    if w.dtype != x.dtype:
+        return linear_stored(x, w)
     if x.shape[0] == 1:
         return (w @ x[0])[None]
     return x @ w.T
+
+
+def linear_stored(x: torch.Tensor, w: torch.Tensor, block_elements: int = 2**20) -> torch.Tensor:
+    """x: [T, in] in the compute dtype, w: [out, in] in its stored dtype -> [T, out] in x's dtype, without ever
+    converting all of w (a float32 copy of a bf16 weight is twice its size).
+
+    One token: the matrix-vector product in w's dtype (x rounded to it; the product's result back to x's): a
+    step of decode reads every weight once, so fewer bytes per weight is a faster step. Several tokens: w is
+    converted to x's dtype one block of rows (block_elements entries, 4 MB in float32) at a time, each block
+    multiplied while it is still in the CPU's cache, so the product runs at x's dtype's speed and reads w's bytes."""
+    if x.shape[0] == 1:
+        return (w @ x[0].to(w.dtype)).to(x.dtype)[None]
+    return linear_converting(x, w, block_elements)
+
+
+def linear_converting(x: torch.Tensor, w: torch.Tensor, block_elements: int = 2**20) -> torch.Tensor:
+    """x: [T, in], w: [out, in] in another dtype -> x @ w.T in x's dtype: [T, out], w converted to x's dtype one
+    block of rows (block_elements entries) at a time, for any T (linear_stored's rule for several tokens)."""
+    rows = max(1, block_elements // max(1, w.shape[1]))
+    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):  # autograd keeps each block: no reuse
+        return torch.cat([x @ w[r : r + rows].to(x.dtype).T for r in range(0, w.shape[0], rows)], dim=1)
+    block = torch.empty(min(rows, w.shape[0]), w.shape[1], dtype=x.dtype, device=x.device)  # reused by each block
+    out = torch.empty(x.shape[0], w.shape[0], dtype=x.dtype, device=x.device)
+    for r in range(0, w.shape[0], rows):
+        rows_here = w[r : r + rows]
+        out[:, r : r + rows] = x @ block[: rows_here.shape[0]].copy_(rows_here).T
+    return out
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

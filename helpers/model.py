@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from .layers import attention, causal_mask, complex_supported, feed_forward, linear, precompute_freqs_cis, rms_norm
+from .layers import (attention, causal_mask, complex_supported, feed_forward, linear, linear_converting,
+                     precompute_freqs_cis, rms_norm)
 
 
 def rope_scaling(params: dict) -> dict | None:
@@ -70,12 +71,16 @@ def transformer_block(
     buffers: dict | None = None,
 ) -> torch.Tensor:
     """x: [T, dim] -> [T, dim]. Pre-norm block: each residual adds to the un-normalised stream x.
-    `buffers`: where weights stored in another dtype are converted (see `converted`); None: new tensors."""
+    `buffers`: where weights stored in another dtype are converted (see `converted`); None: new tensors.
+    `fused`: the fast mode (see `forward`): its weight matrices are used as given, never converted whole."""
     if buffers is not None and recording(x, *(t for k, t in weights.items() if k.startswith(f"layers.{layer}."))):
         buffers = None  # autograd keeps this layer's weights for the backward pass: no shared buffers
 
     def w(name):  # this layer's tensor, in the compute dtype (itself when they already agree)
-        return converted(weights[f"layers.{layer}.{name}.weight"], x.dtype, buffers, name)
+        t = weights[f"layers.{layer}.{name}.weight"]
+        if fused and t.dim() == 2:  # the fast mode: a matrix as given (layers.linear_stored if its dtype differs)
+            return t
+        return converted(t, x.dtype, buffers, name)
 
     n_heads = params["n_heads"]
     n_kv_heads = params.get("n_kv_heads") or n_heads
@@ -104,7 +109,11 @@ def forward(
     `dtype` is the compute dtype: float32 is the exact mode. `caches`: optional per-layer
     (cache_k, cache_v) for tokens already seen; then `tokens` are the new ones, at positions start_pos..
     `last_only`: logits for the last token only ([1, vocab]), all that choosing the next token needs.
-    `fused`: attention by torch's fused kernel (the fast mode), not the full score matrix (the exact mode).
+    `fused`: the fast mode: attention by torch's fused kernel, not the full score matrix, and each weight matrix
+    used as given: one stored in another dtype than `dtype` (Meta's bf16, kept by helpers.choose_mode where that
+    is faster) is multiplied by layers.linear_stored, never converted whole; then the last row of the logits, the
+    one that chooses the next token, is always the one-token product (bf16 numbers), with or without last_only.
+    False: the exact mode.
     `buffers`: a dict to keep between calls (a decode loop does) for converting weights stored in another dtype
     (`converted`); None: a fresh one for this call, shared by its layers. Kept, it holds one layer's weights and
     the output table in `dtype` (for the 8B in float32: 0.87 GB and 2.1 GB) as long as the caller keeps it.
@@ -127,6 +136,12 @@ def forward(
         h = h[-1:]
     h = rms_norm(h, weights["norm.weight"].to(dtype), params["norm_eps"])
     output = weights.get("output.weight", weights["tok_embeddings.weight"])  # 3.2 1B/3B tie the two
+    if fused and output.dtype != h.dtype and h.shape[0] > 1:  # the fast mode on weights kept as stored: the rows
+        # before the last by the prompt's rule (blocks converted to float32); the last row, the one that chooses the
+        # next token, by the one-token rule, as with last_only, so that last_only changes no number
+        return torch.cat([linear_converting(h[:-1], output), linear(h[-1:], output)]).float()
+    if fused:  # the fast mode: the table as given (layers.linear_stored when its dtype differs)
+        return linear(h, output).float()
     # Free when the table is already in `dtype` (helpers.cast_weights converts once); otherwise, e.g. bf16
     # weights in the exact float32 mode, a converted copy of the whole [vocab, dim] table on every call,
     # last_only or not (4 bytes per entry: 2.1 GB for the 8B, notebook 09), into a buffer kept in `buffers`.

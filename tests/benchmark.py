@@ -5,9 +5,9 @@
 
 Builds (once, cached in tests/.cache/) a random Meta-format checkpoint of exactly that shape, then measures in
 separate processes, so that each one's peak memory is its own:
-  - helpers (fast mode): prefill of the prompt, then KV-cached greedy decode, token by token; with
-    --weights stored also the variant that keeps the weights as stored and converts each one into a reused
-    buffer as it is used (helpers.model.converted): no converted copy of the model, one conversion per pass;
+  - helpers (fast mode, helpers.choose_mode): prefill of the prompt, then KV-cached greedy decode, token by
+    token; with --other-weights also the other way of holding the weights in the same compute dtype: a
+    converted copy where choose_mode kept them as stored (helpers.layers.linear_stored), else as stored;
   - Hugging Face LlamaForCausalLM with the same weights and thread count, in bf16 and in float32 (sdpa
     attention, its KV cache, logits for the last position only), keeping the faster (--hf-dtypes: which);
   - the machine's read bandwidth (summing a tensor far larger than the caches), which bounds decode speed:
@@ -16,7 +16,7 @@ Prints a table, then, as its last line, one JSON object. Each of --reps runs is 
 short warm-up (a prefill of at most 17 tokens and one step: kernels chosen, nothing timed; a long prompt's first
 prefill is not warmed up); prefill: the median of the runs' prefills;
 decode: the median of every single decode step's time over the runs (tokens/s = 1 / that).
-A long prompt: python tests/benchmark.py --prompt-tokens 8192 --reps 1 --hf-dtypes float32 --weights stored
+A long prompt: python tests/benchmark.py --prompt-tokens 8192 --reps 1 --hf-dtypes float32
 """
 from __future__ import annotations
 
@@ -139,18 +139,20 @@ def timed_runs(prefill, step, n_prompt: int, n_new: int, reps: int) -> dict:
     return {"prefill_s": statistics.median(prefills), "decode_tok_s": 1 / statistics.median(steps), "tokens": out}
 
 
-def worker_helpers(folder: Path, args, stored: bool = False) -> dict:
+def worker_helpers(folder: Path, args, other: bool = False) -> dict:
     """Prefill and KV-cached decode with helpers in fast mode (helpers.choose_mode: measured dtype, fused attention).
-    stored: the weights as the checkpoint stores them, each converted into a reused buffer as it is used."""
+    other: the same dtype with the weights held the other way (a converted copy / as stored)."""
     from helpers import forward, load_model
-    from helpers.fast import choose_mode, pick_dtype
+    from helpers.fast import cast_weights, choose_mode
     from helpers.generate import new_kv_cache
 
-    weights, params = load_model(folder)
-    if stored:  # the fast mode's dtype and attention, the weights left as stored (no converted copy is ever made)
-        dtype, fused = pick_dtype(args.dtype, torch.device("cpu")), True
-    else:
-        weights, dtype, fused = choose_mode(weights, args.dtype, exact_below_gb=0.0)  # the fast mode, whatever the size
+    stored, params = load_model(folder)
+    weights, dtype, fused = choose_mode(stored, args.dtype, exact_below_gb=0.0)  # the fast mode, whatever the size
+    kept = all(weights[k] is stored[k] for k in stored)
+    if other:
+        weights = cast_weights(stored, dtype) if kept else stored
+        kept = not kept
+        del stored
     tokens = prompt_tokens(args.prompt_tokens, weights["tok_embeddings.weight"].shape[0])
     caches = new_kv_cache(params, args.prompt_tokens + args.new_tokens, dtype)
     buffers = {}  # kept from call to call, as generate does
@@ -163,7 +165,7 @@ def worker_helpers(folder: Path, args, stored: bool = False) -> dict:
 
     with torch.inference_mode():
         result = timed_runs(prefill, step, args.prompt_tokens, args.new_tokens, args.reps)
-    return {"dtype": str(dtype).replace("torch.", ""), "fused": fused, **result}
+    return {"dtype": str(dtype).replace("torch.", ""), "fused": fused, "weights": "stored" if kept else "copy", **result}
 
 
 def worker_hf(folder: Path, args, dtype: torch.dtype) -> dict:
@@ -233,8 +235,9 @@ def main(argv=None):
     ap.add_argument("--no-hf", action="store_true", help="measure helpers only (the 8B and HF together do not fit 24 GB)")
     ap.add_argument("--hf-dtypes", default="bfloat16,float32",
                     help="Hugging Face's dtypes to measure, comma-separated (default both; the faster one is compared)")
-    ap.add_argument("--weights", choices=["converted", "stored"], default="converted",
-                    help="stored: also measure helpers with the weights as stored, converted as used (no copy)")
+    ap.add_argument("--other-weights", action="store_true",
+                    help="also measure helpers with the weights held the other way: a converted copy if "
+                         "choose_mode keeps them as stored, else as stored")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -242,8 +245,8 @@ def main(argv=None):
 
     if args.worker:
         folder = build_checkpoint(args.shape)
-        if args.worker in ("helpers", "helpers-stored"):
-            result = worker_helpers(folder, args, stored=args.worker == "helpers-stored")
+        if args.worker in ("helpers", "helpers-other"):
+            result = worker_helpers(folder, args, other=args.worker == "helpers-other")
         elif args.worker == "bandwidth":
             result = {"read_gb_s": read_bandwidth(args.reps)}
         else:
@@ -262,14 +265,19 @@ def main(argv=None):
     folder = build_checkpoint(args.shape)
     ckpt_gb = (folder / "consolidated.00.pth").stat().st_size / 1e9
     ours = run_worker("helpers", args)
-    stored = run_worker("helpers-stored", args) if args.weights == "stored" else None
+    other = None
+    if args.other_weights and ours["dtype"] == "bfloat16":  # the checkpoint's own dtype: nothing to convert
+        print("--other-weights: helpers computes in the checkpoint's own dtype (bfloat16) here: no other way to hold "
+              "its weights, so no second row.")
+    elif args.other_weights:
+        other = run_worker("helpers-other", args)
     hf_runs = {} if args.no_hf else {kind: run_worker(kind, args) for kind in dict.fromkeys(hf_kinds[d] for d in asked)}
     bandwidth = run_worker("bandwidth", args)["read_gb_s"]
     bound = bandwidth * 1e9 / weight_bytes_per_token(folder)  # tokens/s if decode only read the weights
 
-    rows = [("helpers (fast, " + ours["dtype"] + ")", ours)]
-    if stored:
-        rows.append(("helpers (" + stored["dtype"] + ", stored)", stored))
+    rows = [(f"helpers (fast, {ours['dtype']}, {ours['weights']})", ours)]
+    if other:
+        rows.append((f"helpers ({other['dtype']}, {other['weights']})", other))
     rows += [(f"Hugging Face ({r['dtype']})", r) for r in hf_runs.values()]
     print(f"shape {args.shape}: checkpoint {ckpt_gb:.2f} GB, {args.prompt_tokens} prompt tokens, "
           f"{args.new_tokens} new tokens, {args.threads} threads, medians of {args.reps}")
@@ -282,9 +290,9 @@ def main(argv=None):
               "read_bandwidth_gb_s": bandwidth, "decode_bound_tok_s": bound,
               "helpers": {k: v for k, v in ours.items() if k != "tokens"}, "peak_rss_gb": ours["peak_rss_gb"],
               "decode_fraction_of_bandwidth_bound": ours["decode_tok_s"] / bound}
-    if stored:
-        result["helpers_stored"] = {k: v for k, v in stored.items() if k != "tokens"}
-        result["same_tokens_stored"] = stored["tokens"] == ours["tokens"]
+    if other:
+        result["helpers_other"] = {k: v for k, v in other.items() if k != "tokens"}
+        result["same_tokens_other"] = other["tokens"] == ours["tokens"]
     if hf_runs:
         best_prefill = min(r["prefill_s"] for r in hf_runs.values())
         best_decode = max(r["decode_tok_s"] for r in hf_runs.values())
@@ -294,11 +302,11 @@ def main(argv=None):
                        "same_tokens_as_hf": {k: r["tokens"] == ours["tokens"] for k, r in hf_runs.items()}})
         print(f"vs the faster Hugging Face setting: prefill {result['prefill_speedup_vs_hf']:.2f}x, "
               f"decode {result['decode_speedup_vs_hf']:.2f}x")
-        if stored:
-            result["stored_prefill_speedup_vs_hf"] = best_prefill / stored["prefill_s"]
-            result["stored_decode_speedup_vs_hf"] = stored["decode_tok_s"] / best_decode
-            print(f"  weights as stored: prefill {result['stored_prefill_speedup_vs_hf']:.2f}x, "
-                  f"decode {result['stored_decode_speedup_vs_hf']:.2f}x")
+        if other:
+            result["other_prefill_speedup_vs_hf"] = best_prefill / other["prefill_s"]
+            result["other_decode_speedup_vs_hf"] = other["decode_tok_s"] / best_decode
+            print(f"  weights as {other['weights']}: prefill {result['other_prefill_speedup_vs_hf']:.2f}x, "
+                  f"decode {result['other_decode_speedup_vs_hf']:.2f}x")
     print(f"decode at {result['decode_fraction_of_bandwidth_bound']:.0%} of the bandwidth bound; "
           f"peak RSS {ours['peak_rss_gb']:.2f} GB for a {ckpt_gb:.2f} GB checkpoint")
     print(json.dumps(result))

@@ -2,8 +2,9 @@
 spellings (w @ x and x @ w.T), on the 1B's shapes. Prints each one's median time and the bytes of weight read per
 second. Where bf16 reads as fast as float32, a bf16 decode step takes half the time of a float32 one.
 
-    python tests/gemv_bandwidth.py            # about 30 s
+    python tests/gemv_bandwidth.py [--threads N]   # about 30 s; default: torch's thread count
 """
+import argparse
 import time
 
 import torch
@@ -20,6 +21,12 @@ def median_seconds(fn, reps: int = 7) -> float:
 
 
 def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    threads = ap.parse_args().threads
+    if threads < 1:
+        raise SystemExit(f"--threads {threads}: give a whole number of at least 1.")
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     print(f"{torch.get_num_threads()} threads")
     for shape in ((8192, 2048), (2048, 8192), (128256, 2048)):  # the 1B's w1/w3, w2, and its output table

@@ -22,3 +22,15 @@ def test_benchmark_smoke_run_on_tiny_shape():
     assert result["prefill_speedup_vs_hf"] > 0 and result["peak_rss_gb"] > 0
     # the same greedy tokens from both implementations, in the faster setting each
     assert any(result["same_tokens_as_hf"].values())
+
+
+def test_decode_profile_smoke_run_on_tiny_shape():
+    """tests/decode_profile.py (where a decode step's time goes) runs and names the matrix-vector kernel's share."""
+    out = subprocess.run([sys.executable, str(Path(__file__).parent / "decode_profile.py"), "--shape", "tiny",
+                          "--steps", "2"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("matrix-vector kernel: ") and last.endswith("% of the profiled steps' time"), last
+    bad = subprocess.run([sys.executable, str(Path(__file__).parent / "decode_profile.py"), "--steps", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "--steps 0: give a whole number of at least 1." in bad.stderr

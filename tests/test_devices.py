@@ -187,8 +187,16 @@ def test_the_banner_names_device_and_dtype(monkeypatch):
     assert fast.mode_banner(66_000_000) == "Compute: float32 (the exact mode) on cpu, every cell"
     monkeypatch.setattr(fast, "gemm_gflops", lambda dtype, **kw: 5.0 if dtype is torch.bfloat16 else 27.0)
     monkeypatch.setattr(fast, "memory_available", lambda device: 20e9)
-    assert "loops and demonstrations in float32 on cpu" in fast.mode_banner(2_470_000_000)
-    # the 8B's float32 copy (32 GB) does not fit in 20 GB: the banner says bf16, as choose_mode does
-    assert "loops and demonstrations in bfloat16 on cpu" in fast.mode_banner(16_060_000_000)
+    stored = "loops and demonstrations in float32 on the stored bfloat16 weights (one-token products in bfloat16) on cpu"
+    monkeypatch.setattr(fast, "gemv_seconds", lambda dtype, **kw: 2.0 if dtype is torch.bfloat16 else 1.0)
+    assert "loops and demonstrations in float32 on cpu" in fast.mode_banner(2_470_000_000)  # a float32 copy
+    monkeypatch.setattr(fast, "gemv_seconds", lambda dtype, **kw: 1.0 if dtype is torch.bfloat16 else 2.0)
+    assert stored in fast.mode_banner(2_470_000_000)  # bf16 matrix-vector products faster: the weights as stored
+    # the 8B's float32 copy (32 GB) does not fit in 20 GB: float32 on the stored weights, as choose_mode does
+    monkeypatch.setattr(fast, "gemv_seconds", lambda dtype, **kw: 2.0 if dtype is torch.bfloat16 else 1.0)
+    assert stored in fast.mode_banner(16_060_000_000)
+    monkeypatch.setenv("LLAMA3_DTYPE", "float32")  # asked for, and it does not fit: said, as choose_mode refuses it
+    assert "float32 (which does not fit in memory: helpers.choose_mode will refuse it)" in fast.mode_banner(16_060_000_000)
+    monkeypatch.delenv("LLAMA3_DTYPE")
     monkeypatch.setattr(fast, "pick_device", lambda device=None: torch.device("meta"))
     assert fast.mode_banner(66_000_000).endswith("step-by-step cells on the CPU, loops and demonstrations on meta")

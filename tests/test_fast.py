@@ -207,7 +207,8 @@ def test_choose_mode_explicit_dtype_wins(monkeypatch, given):
 # --- memory: a copy that does not fit --------------------------------------------------------------
 
 def test_a_measured_dtype_that_does_not_fit_gives_way_to_the_stored_one(monkeypatch):
-    """An 8B on this 24 GB machine: the probe may prefer float32, whose copy (32 GB) cannot fit; bf16 is taken."""
+    """An 8B on a 24 GB GPU-like device (meta here: choose_mode keeps weights as stored in another compute dtype on a
+    CPU only, tests/test_stored.py): the probe may prefer float32, whose copy (32 GB) cannot fit; bf16 is taken."""
     fake_probe(monkeypatch, 5.0, 27.0)  # float32 measured faster
     w = sized(2_000_000)  # 2 MB of bf16: 4 MB in float32 (tied: the table is the output layer, so it converts too)
     del w["output.weight"]
@@ -233,3 +234,12 @@ def test_copy_bytes_counts_only_new_tensors():
     # float32: every tensor but the untied embedding table, 4 bytes per element
     assert fast.copy_bytes(w, F32, torch.device("meta")) == 4 * (4 + 4)
     assert fast.copy_bytes(w, BF16, torch.device("cpu")) == 2000  # moved: all of it
+
+
+@pytest.mark.parametrize("env, expected", [("bfloat16", BF16), ("float32", F32)])
+def test_auto_defers_to_llama3_dtype(monkeypatch, env, expected):
+    """`--dtype auto` (the command line's default) is no dtype asked for: $LLAMA3_DTYPE still decides, and the
+    probe does not run. (Before: "auto" went to the probe and its answer was taken as asked for.)"""
+    no_probe(monkeypatch)
+    monkeypatch.setenv("LLAMA3_DTYPE", env)
+    assert choose_mode(sized(1_000_000_002), "auto")[1] is expected

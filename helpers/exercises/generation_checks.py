@@ -21,8 +21,9 @@ def _forward_variant(final_norm=True, output="output", scaled=True, kv_key="get"
                      cast="x"):
     """The course's forward (no cache) with one known mistake switched on. cast: "x" converts each stored tensor to
     float32 as it is used (right), "none" uses them as stored (a block without .to(x.dtype), the output table as
-    it is), "bf16" leaves the embedding rows in the stored dtype (every block then computes in it)."""
-    block = _block_variant(cast="none") if cast == "none" else transformer_block
+    it is), "blocks" the same in the blocks only (the output table converted), "bf16" leaves the embedding rows in
+    the stored dtype (every block then computes in it)."""
+    block = _block_variant(cast="none") if cast in ("none", "blocks") else transformer_block
 
     def fwd(weights, params, tokens):
         tokens = torch.as_tensor(tokens, dtype=torch.long).reshape(-1)
@@ -65,10 +66,14 @@ def check_forward(fn) -> bool:
              ("norm_eps 0.1 (a hard-coded eps shows)", (weights, {**params, "norm_eps": 0.1}, [4, 2, 6, 9])),
              # last: a learner's other mistakes show on the float32 models first
              ("weights stored in bf16 (as the course's checkpoints)", (as_bf16(weights), params, [1, 2, 3, 4, 5])),
-             ("weights stored in bf16, output tied to the embedding", (as_bf16(tied), params, [3, 1, 4]))]
+             ("weights stored in bf16, output tied to the embedding", (as_bf16(tied), params, [3, 1, 4])),
+             # one token: a block that leaves the weights in bf16 multiplies in bf16 there (helpers.linear_stored)
+             ("weights stored in bf16, one token", (as_bf16(weights), params, [7]))]
     mistakes = [
         (BF16_WEIGHTS.removesuffix(".") + ": in every block, the final norm and the output layer, and the "
          "embedding rows to float32 (.float()).", _forward_variant(cast="none")),
+        (BF16_WEIGHTS.removesuffix(".") + ": in every block (left in bf16, one token is multiplied in bf16).",
+         _forward_variant(cast="blocks")),
         ("computed in bf16? The embedding rows are stored in bf16 too: convert them to float32 (.float()), so that "
          "every block computes in float32 (it converts each weight to x's dtype as it uses it).",
          _forward_variant(cast="bf16")),

@@ -110,11 +110,12 @@ def decode_steps(weights: dict, params: dict, tokens, max_new_tokens: int, k: in
     prompt = torch.as_tensor(tokens, dtype=torch.long, device="cpu").reshape(-1).tolist()
     caches = new_kv_cache(params, len(prompt) + max_new_tokens, dtype, device)
     steps, fed, start_pos = [], prompt, 0
+    buffers = {}  # weights stored in another dtype, converted into the same buffers step after step (as generate)
     for _ in range(max_new_tokens):
         with torch.inference_mode():
-            logits = forward(weights, params, fed, start_pos, caches, dtype, True, fused)[-1].float().cpu()
+            logits = forward(weights, params, fed, start_pos, caches, dtype, True, fused, buffers)[-1].float().cpu()
         top = torch.softmax(logits, dim=-1).topk(k)
-        token = int(top.indices[0])
+        token = int(logits.argmax())  # as generate chooses: the first of tied logits (topk may order ties otherwise)
         steps.append({"start_pos": start_pos, "fed": list(fed), "top_ids": top.indices.tolist(),
                       "top_probs": top.values.tolist(), "token": token, "cached": start_pos + len(fed)})
         if token in stop_tokens:
