@@ -139,7 +139,9 @@ def forward(
     if fused and output.dtype != h.dtype and h.shape[0] > 1:  # the fast mode on weights kept as stored: the rows
         # before the last by the prompt's rule (blocks converted to float32); the last row, the one that chooses the
         # next token, by the one-token rule, as with last_only, so that last_only changes no number
-        return torch.cat([linear_converting(h[:-1], output), linear(h[-1:], output)]).float()
+        logits = linear_converting(h, output)  # [T, vocab] (its last row replaced: no second [T, vocab] tensor)
+        logits[-1:] = linear(h[-1:], output)
+        return logits.float()
     if fused:  # the fast mode: the table as given (layers.linear_stored when its dtype differs)
         return linear(h, output).float()
     # Free when the table is already in `dtype` (helpers.cast_weights converts once); otherwise, e.g. bf16

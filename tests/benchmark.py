@@ -143,16 +143,17 @@ def worker_helpers(folder: Path, args, other: bool = False) -> dict:
     """Prefill and KV-cached decode with helpers in fast mode (helpers.choose_mode: measured dtype, fused attention).
     other: the same dtype with the weights held the other way (a converted copy / as stored)."""
     from helpers import forward, load_model
-    from helpers.fast import cast_weights, choose_mode
+    from helpers.fast import DTYPES, cast_weights, choose_mode
     from helpers.generate import new_kv_cache
 
     stored, params = load_model(folder)
-    weights, dtype, fused = choose_mode(stored, args.dtype, exact_below_gb=0.0)  # the fast mode, whatever the size
-    kept = all(weights[k] is stored[k] for k in stored)
-    if other:
-        weights = cast_weights(stored, dtype) if kept else stored
-        kept = not kept
-        del stored
+    if other:  # the same dtype as the first worker's choice, the weights held the other way (no probe here)
+        dtype, fused, kept = DTYPES[args.other_of.split(":")[1]], True, args.other_of.startswith("copy")
+        weights = stored if kept else cast_weights(stored, dtype)
+    else:
+        weights, dtype, fused = choose_mode(stored, args.dtype, exact_below_gb=0.0)  # the fast mode, whatever the size
+        kept = all(weights[k] is stored[k] for k in stored)
+    del stored
     tokens = prompt_tokens(args.prompt_tokens, weights["tok_embeddings.weight"].shape[0])
     caches = new_kv_cache(params, args.prompt_tokens + args.new_tokens, dtype)
     buffers = {}  # kept from call to call, as generate does
@@ -201,11 +202,12 @@ def read_bandwidth(reps: int) -> float:
     return x.numel() * 4 / median_time(x.sum, max(reps, 3)) / 1e9
 
 
-def run_worker(kind: str, args) -> dict:
-    """Run one measurement in a fresh process; add its peak RSS."""
+def run_worker(kind: str, args, other_of: str = "") -> dict:
+    """Run one measurement in a fresh process; add its peak RSS. other_of: "stored:float32" or "copy:float32", how
+    the first helpers worker held its weights and its dtype (the helpers-other worker holds them the other way)."""
     cmd = [sys.executable, __file__, "--worker", kind, "--shape", args.shape, "--prompt-tokens", str(args.prompt_tokens),
            "--new-tokens", str(args.new_tokens), "--reps", str(args.reps), "--threads", str(args.threads),
-           "--hf-dtypes", args.hf_dtypes]
+           "--hf-dtypes", args.hf_dtypes, "--other-of", other_of]
     if args.dtype:
         cmd += ["--dtype", args.dtype]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -239,6 +241,7 @@ def main(argv=None):
                     help="also measure helpers with the weights held the other way: a converted copy if "
                          "choose_mode keeps them as stored, else as stored")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--other-of", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(ROOT))
@@ -270,7 +273,7 @@ def main(argv=None):
         print("--other-weights: helpers computes in the checkpoint's own dtype (bfloat16) here: no other way to hold "
               "its weights, so no second row.")
     elif args.other_weights:
-        other = run_worker("helpers-other", args)
+        other = run_worker("helpers-other", args, f"{ours['weights']}:{ours['dtype']}")
     hf_runs = {} if args.no_hf else {kind: run_worker(kind, args) for kind in dict.fromkeys(hf_kinds[d] for d in asked)}
     bandwidth = run_worker("bandwidth", args)["read_gb_s"]
     bound = bandwidth * 1e9 / weight_bytes_per_token(folder)  # tokens/s if decode only read the weights

@@ -10,8 +10,8 @@ BENCHMARK = Path(__file__).parent / "benchmark.py"
 
 
 def test_benchmark_smoke_run_on_tiny_shape():
-    out = subprocess.run([sys.executable, str(BENCHMARK), "--shape", "tiny", "--reps", "1", "--new-tokens", "4"],
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, str(BENCHMARK), "--shape", "tiny", "--reps", "1", "--new-tokens", "4",
+                          "--other-weights"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.strip().splitlines()
     assert any(line.startswith("helpers (fast") for line in lines)  # the readable table
@@ -22,6 +22,10 @@ def test_benchmark_smoke_run_on_tiny_shape():
     assert result["prefill_speedup_vs_hf"] > 0 and result["peak_rss_gb"] > 0
     # the same greedy tokens from both implementations, in the faster setting each
     assert any(result["same_tokens_as_hf"].values())
+    # --other-weights: the second helpers row holds the weights the other way, in the same dtype
+    if result["helpers"]["dtype"] != "bfloat16":  # else there is no other way (the checkpoint's own dtype)
+        assert {result["helpers"]["weights"], result["helpers_other"]["weights"]} == {"stored", "copy"}
+        assert result["helpers_other"]["dtype"] == result["helpers"]["dtype"]
 
 
 def test_decode_profile_smoke_run_on_tiny_shape():

@@ -198,5 +198,9 @@ def test_the_banner_names_device_and_dtype(monkeypatch):
     monkeypatch.setenv("LLAMA3_DTYPE", "float32")  # asked for, and it does not fit: said, as choose_mode refuses it
     assert "float32 (which does not fit in memory: helpers.choose_mode will refuse it)" in fast.mode_banner(16_060_000_000)
     monkeypatch.delenv("LLAMA3_DTYPE")
+    # a CPU fast at bf16 computes on the stored bf16 weights: nothing is copied, so any free memory will do
+    monkeypatch.setattr(fast, "gemm_gflops", lambda dtype, **kw: 168.0 if dtype is torch.bfloat16 else 27.0)
+    monkeypatch.setattr(fast, "memory_available", lambda device: 1e9)
+    assert "loops and demonstrations in bfloat16 on cpu (the fast mode" in fast.mode_banner(16_060_000_000)
     monkeypatch.setattr(fast, "pick_device", lambda device=None: torch.device("meta"))
     assert fast.mode_banner(66_000_000).endswith("step-by-step cells on the CPU, loops and demonstrations on meta")
