@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import resource
 import sys
 import tempfile
@@ -123,18 +124,28 @@ def main(argv=None) -> int:
     p.add_argument("--meta", action="store_true", help="also run Meta's reference at the same world size")
     args = p.parse_args(argv)
     init_distributed()
+    code = 0
     try:
         tokens, dtype = [int(t) for t in args.tokens.split(",")], getattr(torch, args.dtype)
         results = [check_on_ranks(model_dir, tokens, dtype, args.meta) for model_dir in args.model_dir]
-        if dist.get_rank() == 0:
-            torch.save(results, args.out)
-        return 0
+        if dist.get_rank() == 0:  # written whole, then renamed: run_check never reads half a file
+            torch.save(results, args.out.with_suffix(".part"))
+            os.replace(args.out.with_suffix(".part"), args.out)
     except LlamaError as e:
         if dist.get_rank() == 0:
             print(f"error: {e}", file=sys.stderr)
-        return 2
-    finally:
+        code = 2
+    except BaseException:  # a crash: its traceback, as before; no barrier (the others end by start_ranks' timeout)
         dist.destroy_process_group()
+        raise
+    # No rank tears its groups down while another still uses them (all agree on errors first, so all get here);
+    # then leave without the interpreter's teardown, where gloo's threads were seen to abort a finished rank
+    # now and then ("terminate called without an active exception": CI, twice in ~10 runs).
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run_check(model_dirs: list[Path], tokens: list[int], world_size: int, meta: bool = True,
