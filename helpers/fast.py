@@ -163,10 +163,13 @@ def describe_mode(weights: dict, dtype: torch.dtype, fused: bool) -> str:
     name = str(dtype).replace("torch.", "")
     untied_table = "tok_embeddings.weight" if "output.weight" in weights else None  # as stored in every mode
     stored = {t.dtype for k, t in weights.items() if t.dim() == 2 and k != untied_table} - {dtype}
-    if fused and stored:
-        kept = str(stored.pop()).replace("torch.", "")
-        return f"{name} on the stored {kept} weights (one-token products in {kept})"
-    return name
+    return on_stored(name, stored.pop()) if fused and stored else name
+
+
+def on_stored(compute: str, stored: torch.dtype) -> str:
+    """The words for computing in `compute` on weights kept in `stored` (describe_mode's and mode_banner's)."""
+    kept = str(stored).replace("torch.", "")
+    return f"{compute} on the stored {kept} weights (one-token products in {kept})"
 
 
 def mode_banner(model_bytes: int, exact_below_gb: float = 1.0) -> str:
@@ -186,7 +189,7 @@ def mode_banner(model_bytes: int, exact_below_gb: float = 1.0) -> str:
     fits = free is None or copied <= 0.9 * free  # choose_mode's rule, for a bf16 checkpoint
     name = str(dtype).replace("torch.", "")
     if auto and keeps_stored(torch.bfloat16, dtype, fits, device):
-        name += " on the stored bfloat16 weights (one-token products in bfloat16)"
+        name = on_stored(name, torch.bfloat16)
     elif not fits:
         name += " (which does not fit in memory: helpers.choose_mode will refuse it)"
     return (f"Compute: check cells in float32 (the exact mode) on the CPU; loops and demonstrations in "
