@@ -1,7 +1,10 @@
 #!/usr/bin/env python
 """Where one decode step of the fast mode spends its time: torch.profiler over KV-cached steps on a random
 checkpoint of a real shape (tests/benchmark.py builds and caches it), the top operators by their own time, and
-the share of the matrix-vector kernel (aten::addmv_, every weight times the token's vector).
+the share of the matrix-vector kernel (aten::addmv_, every weight times the token's vector), and that kernel's
+floor: the same products alone, one after another in a step's order, with nothing else in between: about what
+any implementation that multiplies by the weights with this kernel (Hugging Face's bf16 model does) needs per
+token on this machine at this moment.
 
     python tests/decode_profile.py [--shape llama-3.2-1b] [--steps 5]   # about 1 min
 """
@@ -19,6 +22,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmark import SHAPES, build_checkpoint, prompt_tokens  # noqa: E402
 
 from helpers import choose_mode, describe_mode, forward, load_model, new_kv_cache  # noqa: E402
+from helpers.layers import linear  # noqa: E402
+
+
+def matvec_floor(weights: dict, dtype: torch.dtype, rounds: int = 5) -> float:
+    """Seconds for one step's matrix-vector products alone: every weight matrix a step reads (each layer's seven,
+    layer after layer, then the output table) times a [1, in] vector in `dtype`, by layers.linear as forward calls
+    it, one after another with nothing in between; the median of `rounds` rounds after one that warms up."""
+    names = [k for k, t in weights.items() if t.dim() == 2 and k.startswith("layers.")]
+    names.append("output.weight" if "output.weight" in weights else "tok_embeddings.weight")  # 3.2 1B/3B: tied
+    vectors = {k: torch.randn(1, weights[k].shape[1], dtype=dtype, device=weights[k].device) for k in names}
+    times = []
+    for _ in range(rounds + 1):
+        start = time.perf_counter()
+        for k in names:
+            linear(vectors[k], weights[k])
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])  # the first round warms up
 
 
 def main():
@@ -29,7 +49,7 @@ def main():
     if args.steps < 1:
         raise SystemExit(f"--steps {args.steps}: give a whole number of at least 1.")
     weights, params = load_model(build_checkpoint(args.shape))
-    weights, dtype, fused = choose_mode(weights, exact_below_gb=0.0)  # the fast mode, as the benchmark runs it
+    weights, dtype, fused = choose_mode(weights, exact_below_gb=0.0, device="cpu")  # the fast mode, as the benchmark runs it; the CPU profiler
     prompt = prompt_tokens(17, params["vocab_size"])
     caches = new_kv_cache(params, len(prompt) + 2 * args.steps + 2, dtype)
     with torch.inference_mode():
@@ -48,7 +68,12 @@ def main():
     total = sum(e.self_cpu_time_total for e in table)
     matvec = sum(e.self_cpu_time_total for e in table if e.key in ("aten::addmv_", "aten::mv"))
     print(f"{args.shape}, {describe_mode(weights, dtype, fused)}, {torch.get_num_threads()} threads")
-    print(f"a decode step: median {statistics.median(times) * 1e3:.1f} ms over {args.steps} steps (unprofiled)")
+    step = statistics.median(times)
+    with torch.inference_mode():
+        floor = matvec_floor(weights, dtype)
+    print(f"a decode step: median {step * 1e3:.1f} ms over {args.steps} steps (unprofiled)")
+    print(f"its matrix-vector products alone: {floor * 1e3:.1f} ms (median of 5 rounds, every weight once), "
+          f"{floor / step:.0%} of the step; the rest of the step: {(step - floor) * 1e3:.1f} ms")
     print(table.table(sort_by="self_cpu_time_total", row_limit=8))
     print(f"matrix-vector kernel: {matvec / total:.0%} of the profiled steps' time")
 

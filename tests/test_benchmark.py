@@ -35,6 +35,21 @@ def test_decode_profile_smoke_run_on_tiny_shape():
     assert out.returncode == 0, out.stderr[-2000:]
     last = out.stdout.strip().splitlines()[-1]
     assert last.startswith("matrix-vector kernel: ") and last.endswith("% of the profiled steps' time"), last
+    floor = [line for line in out.stdout.splitlines() if line.startswith("its matrix-vector products alone: ")]
+    assert len(floor) == 1 and " ms (median of 5 rounds, every weight once), " in floor[0], out.stdout
+    assert float(floor[0].split(": ")[1].split(" ms")[0]) > 0, floor[0]  # a floor that timed nothing fails
+
+
+def test_operand_order_smoke_run_on_tiny_shape():
+    """tests/operand_order.py times linear_converting's two orders of operands (few_tokens 0 and above T)."""
+    script = str(Path(__file__).parent / "operand_order.py")
+    out = subprocess.run([sys.executable, script, "--shape", "tiny", "--tokens", "2", "5", "--reps", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split() for line in out.stdout.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["2", "5"] and all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows), out.stdout
+    bad = subprocess.run([sys.executable, script, "--tokens", "1"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "--tokens 1: give prompt lengths of at least 2" in bad.stderr
     bad = subprocess.run([sys.executable, str(Path(__file__).parent / "decode_profile.py"), "--steps", "0"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "--steps 0: give a whole number of at least 1." in bad.stderr

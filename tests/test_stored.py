@@ -2,14 +2,17 @@
 compute on bf16 weights without a float32 copy. Several tokens: blocks of rows converted as they are used, the
 same numbers as converting the whole weight; one token: the product in bf16; choose_mode keeps the weights as
 stored only where a bf16 matrix-vector product measured faster (or the copy does not fit)."""
+import inspect
+
 import pytest
 import torch
 
 from helpers import COURSE_PROMPT, choose_mode, forward, generate, new_kv_cache
 from helpers import fast
-from helpers.layers import linear, linear_stored
+from helpers.layers import linear, linear_converting, linear_stored
 
 BF16, F32 = torch.bfloat16, torch.float32
+FEW_TOKENS = inspect.signature(linear_converting).parameters["few_tokens"].default  # the order flips here
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
@@ -19,14 +22,21 @@ def example(tokens: int, out: int = 10, inner: int = 6, seed: int = 0):
 
 
 @pytest.mark.parametrize("block_elements", [1, 6, 18, 24, 59, 60, 10_000])  # rows 1, 1, 3, 4, 9, 10, all
-@pytest.mark.parametrize("tokens", [2, 7])
+@pytest.mark.parametrize("tokens", [2, 7, FEW_TOKENS - 1, FEW_TOKENS, FEW_TOKENS + 3])
 def test_several_tokens_equal_converting_the_whole_weight(tokens, block_elements):
     """10 rows in blocks of 1, 3 (a last block of 1), 4 (of 2), 9 (of 1), 10, or all: each output column is the
-    same dot product as with the whole converted weight."""
+    same dot product as with the whole converted weight, with each block on the left (under few_tokens tokens)
+    or on the right."""
     x, w = example(tokens)
     got = linear_stored(x, w, block_elements)
     assert got.dtype == F32 and got.shape == (tokens, 10)
     torch.testing.assert_close(got, x @ w.float().T, rtol=1e-6, atol=1e-6)
+
+
+def test_one_token_called_directly_is_the_float32_product():
+    """linear_converting itself takes any T: one token called directly is converted, not rounded to bf16."""
+    x, w = example(1)
+    torch.testing.assert_close(linear_converting(x, w, 18), x @ w.float().T, rtol=1e-6, atol=1e-6)
 
 
 def test_one_token_is_the_bf16_product():
