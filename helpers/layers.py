@@ -44,9 +44,9 @@ def linear_converting(x: torch.Tensor, w: torch.Tensor, block_elements: int = 2*
     Under `few_tokens` tokens each block is the left operand: block @ x.T, [rows, T], written straight into an
     [out, T] result that is transposed once at the end (for a moment both it and the [T, out] copy exist). The same
     dot products with the operands the other way round: on the 2-core AVX2 CPU the course is timed on, one layer of
-    the 1B took 41.9 ms this way against 52.0 ms at 17 tokens (1.24x), 1.36x at 32, 1.04x at 128 and 256, and
-    0.91x at 512 (the 8B's layer: 1.15x at 17, 1.06x at 256). Another CPU may cross over elsewhere:
-    `python tests/operand_order.py` measures it there."""
+    the 1B took 37.0 ms this way against 44.2 ms at 17 tokens (1.19x), 1.28x at 32, 1.06x at 128, 0.99x at 256 and
+    0.93x at 512 (an earlier run: 1.24x, 1.36x, 1.04x, 1.04x, 0.91x; the 8B's layer: 1.15x at 17, 1.06x at 256).
+    Another CPU may cross over elsewhere: `python tests/operand_order.py` measures it there."""
     rows = max(1, block_elements // max(1, w.shape[1]))
     if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):  # autograd keeps each block: no reuse
         return torch.cat([x @ w[r : r + rows].to(x.dtype).T for r in range(0, w.shape[0], rows)], dim=1)

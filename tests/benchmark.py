@@ -11,7 +11,9 @@ separate processes, so that each one's peak memory is its own:
   - Hugging Face LlamaForCausalLM with the same weights and thread count, in bf16 and in float32 (sdpa
     attention, its KV cache, logits for the last position only), keeping the faster (--hf-dtypes: which);
   - the machine's read bandwidth (summing a tensor far larger than the caches), which bounds decode speed:
-    every new token must read every weight once.
+    every new token must read every weight once;
+  - helpers' matrix-vector floor (matvec_floor): a decode step's products alone, every weight once, no other
+    work: how close a step is to the kernel it runs on, and how much room 1.1x Hugging Face's decode leaves.
 Prints a table, then, as its last line, one JSON object. Each of --reps runs is a prefill and a decode, after a
 short warm-up (a prefill of at most 17 tokens and one step: kernels chosen, nothing timed; a long prompt's first
 prefill is not warmed up); prefill: the median of the runs' prefills;
@@ -166,6 +168,7 @@ def worker_helpers(folder: Path, args, other: bool = False) -> dict:
 
     with torch.inference_mode():
         result = timed_runs(prefill, step, args.prompt_tokens, args.new_tokens, args.reps)
+        result["matvec_floor_s"] = matvec_floor(weights, dtype, args.reps)
     return {"dtype": str(dtype).replace("torch.", ""), "fused": fused, "weights": "stored" if kept else "copy", **result}
 
 
@@ -193,6 +196,24 @@ def worker_hf(folder: Path, args, dtype: torch.dtype) -> dict:
     with torch.inference_mode():
         result = timed_runs(prefill, step, args.prompt_tokens, args.new_tokens, args.reps)
     return {"dtype": str(dtype).replace("torch.", ""), **result}
+
+
+def matvec_floor(weights: dict, dtype: torch.dtype, rounds: int = 5) -> float:
+    """Seconds for one decode step's matrix-vector products alone: every weight matrix a step reads (each layer's seven,
+    layer after layer, then the output table) times a [1, in] vector in `dtype`, by helpers.layers.linear as
+    forward calls it, one after another with nothing in between; the median of `rounds` rounds after one that warms up."""
+    from helpers.layers import linear
+
+    names = [k for k, t in weights.items() if t.dim() == 2 and k.startswith("layers.")]
+    names.append("output.weight" if "output.weight" in weights else "tok_embeddings.weight")  # 3.2 1B/3B: tied
+    vectors = {k: torch.randn(1, weights[k].shape[1], dtype=dtype, device=weights[k].device) for k in names}
+    times = []
+    for _ in range(rounds + 1):
+        start = time.perf_counter()
+        for k in names:
+            linear(vectors[k], weights[k])
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])  # the first round warms up
 
 
 def read_bandwidth(reps: int) -> float:
@@ -310,6 +331,14 @@ def main(argv=None):
             result["other_decode_speedup_vs_hf"] = other["decode_tok_s"] / best_decode
             print(f"  weights as {other['weights']}: prefill {result['other_prefill_speedup_vs_hf']:.2f}x, "
                   f"decode {result['other_decode_speedup_vs_hf']:.2f}x")
+    floor = ours["matvec_floor_s"]
+    result["matvec_floor_s"] = floor
+    print(f"helpers' matrix-vector products alone, every weight once (the kernel's floor for a decode step): "
+          f"{floor * 1e3:.1f} ms, {floor * ours['decode_tok_s']:.0%} of its median step ({1e3 / ours['decode_tok_s']:.1f} ms)")
+    if hf_runs:
+        need = 1 / (1.1 * max(r["decode_tok_s"] for r in hf_runs.values()))
+        print(f"1.1x the faster Hugging Face decode needs a step of {need * 1e3:.1f} ms: {(need - floor) * 1e3:.1f} ms "
+              "above that floor for everything else")
     print(f"decode at {result['decode_fraction_of_bandwidth_bound']:.0%} of the bandwidth bound; "
           f"peak RSS {ours['peak_rss_gb']:.2f} GB for a {ckpt_gb:.2f} GB checkpoint")
     print(json.dumps(result))

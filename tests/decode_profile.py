@@ -19,26 +19,9 @@ from torch.profiler import profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmark import SHAPES, build_checkpoint, prompt_tokens  # noqa: E402
+from benchmark import SHAPES, build_checkpoint, matvec_floor, prompt_tokens  # noqa: E402
 
 from helpers import choose_mode, describe_mode, forward, load_model, new_kv_cache  # noqa: E402
-from helpers.layers import linear  # noqa: E402
-
-
-def matvec_floor(weights: dict, dtype: torch.dtype, rounds: int = 5) -> float:
-    """Seconds for one step's matrix-vector products alone: every weight matrix a step reads (each layer's seven,
-    layer after layer, then the output table) times a [1, in] vector in `dtype`, by layers.linear as forward calls
-    it, one after another with nothing in between; the median of `rounds` rounds after one that warms up."""
-    names = [k for k, t in weights.items() if t.dim() == 2 and k.startswith("layers.")]
-    names.append("output.weight" if "output.weight" in weights else "tok_embeddings.weight")  # 3.2 1B/3B: tied
-    vectors = {k: torch.randn(1, weights[k].shape[1], dtype=dtype, device=weights[k].device) for k in names}
-    times = []
-    for _ in range(rounds + 1):
-        start = time.perf_counter()
-        for k in names:
-            linear(vectors[k], weights[k])
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])  # the first round warms up
 
 
 def main():
@@ -49,7 +32,7 @@ def main():
     if args.steps < 1:
         raise SystemExit(f"--steps {args.steps}: give a whole number of at least 1.")
     weights, params = load_model(build_checkpoint(args.shape))
-    weights, dtype, fused = choose_mode(weights, exact_below_gb=0.0, device="cpu")  # the fast mode, as the benchmark runs it; the CPU profiler
+    weights, dtype, fused = choose_mode(weights, exact_below_gb=0.0, device="cpu")  # the fast mode, as the benchmark runs it, on the CPU the profiler measures
     prompt = prompt_tokens(17, params["vocab_size"])
     caches = new_kv_cache(params, len(prompt) + 2 * args.steps + 2, dtype)
     with torch.inference_mode():

@@ -20,6 +20,8 @@ def test_benchmark_smoke_run_on_tiny_shape():
                 "peak_rss_gb", "checkpoint_gb", "helpers", "hf", "read_bandwidth_gb_s"):
         assert key in result, key
     assert result["prefill_speedup_vs_hf"] > 0 and result["peak_rss_gb"] > 0
+    assert 0 < result["matvec_floor_s"] < 1 / result["helpers"]["decode_tok_s"]  # the floor is part of a step
+    assert any(line.startswith("1.1x the faster Hugging Face decode needs a step of ") for line in lines)
     # the same greedy tokens from both implementations, in the faster setting each
     assert any(result["same_tokens_as_hf"].values())
     # --other-weights: the second helpers row holds the weights the other way, in the same dtype
@@ -38,6 +40,9 @@ def test_decode_profile_smoke_run_on_tiny_shape():
     floor = [line for line in out.stdout.splitlines() if line.startswith("its matrix-vector products alone: ")]
     assert len(floor) == 1 and " ms (median of 5 rounds, every weight once), " in floor[0], out.stdout
     assert float(floor[0].split(": ")[1].split(" ms")[0]) > 0, floor[0]  # a floor that timed nothing fails
+    bad = subprocess.run([sys.executable, str(Path(__file__).parent / "decode_profile.py"), "--steps", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "--steps 0: give a whole number of at least 1." in bad.stderr
 
 
 def test_operand_order_smoke_run_on_tiny_shape():
@@ -50,6 +55,3 @@ def test_operand_order_smoke_run_on_tiny_shape():
     assert [r[0] for r in rows] == ["2", "5"] and all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows), out.stdout
     bad = subprocess.run([sys.executable, script, "--tokens", "1"], capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "--tokens 1: give prompt lengths of at least 2" in bad.stderr
-    bad = subprocess.run([sys.executable, str(Path(__file__).parent / "decode_profile.py"), "--steps", "0"],
-                         capture_output=True, text=True, timeout=60)
-    assert bad.returncode != 0 and "--steps 0: give a whole number of at least 1." in bad.stderr
