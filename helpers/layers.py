@@ -51,17 +51,16 @@ def linear_converting(x: torch.Tensor, w: torch.Tensor, block_elements: int = 2*
     if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):  # autograd keeps each block: no reuse
         return torch.cat([x @ w[r : r + rows].to(x.dtype).T for r in range(0, w.shape[0], rows)], dim=1)
     block = torch.empty(min(rows, w.shape[0]), w.shape[1], dtype=x.dtype, device=x.device)  # reused by each block
-    if x.shape[0] < few_tokens:
-        out_t = torch.empty(w.shape[0], x.shape[0], dtype=x.dtype, device=x.device)  # [out, T]
-        for r in range(0, w.shape[0], rows):
-            rows_here = w[r : r + rows]
-            torch.mm(block[: rows_here.shape[0]].copy_(rows_here), x.T, out=out_t[r : r + rows])
-        return out_t.T.contiguous()
-    out = torch.empty(x.shape[0], w.shape[0], dtype=x.dtype, device=x.device)
+    left = x.shape[0] < few_tokens
+    out = torch.empty((w.shape[0], x.shape[0]) if left else (x.shape[0], w.shape[0]), dtype=x.dtype, device=x.device)
     for r in range(0, w.shape[0], rows):
         rows_here = w[r : r + rows]
-        out[:, r : r + rows] = x @ block[: rows_here.shape[0]].copy_(rows_here).T
-    return out
+        converted_rows = block[: rows_here.shape[0]].copy_(rows_here)
+        if left:  # [rows, T], straight into its rows of the [out, T] result
+            torch.mm(converted_rows, x.T, out=out[r : r + rows])
+        else:
+            out[:, r : r + rows] = x @ converted_rows.T
+    return out.T.contiguous() if left else out
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

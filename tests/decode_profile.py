@@ -32,7 +32,8 @@ def main():
     if args.steps < 1:
         raise SystemExit(f"--steps {args.steps}: give a whole number of at least 1.")
     weights, params = load_model(build_checkpoint(args.shape))
-    weights, dtype, fused = choose_mode(weights, exact_below_gb=0.0, device="cpu")  # the fast mode, as the benchmark runs it, on the CPU the profiler measures
+    # the fast mode, as the benchmark runs it, on the CPU (the profiler measures CPU time)
+    weights, dtype, fused = choose_mode(weights, exact_below_gb=0.0, device="cpu")
     prompt = prompt_tokens(17, params["vocab_size"])
     caches = new_kv_cache(params, len(prompt) + 2 * args.steps + 2, dtype)
     with torch.inference_mode():
