@@ -40,27 +40,19 @@ def linear_converting(x: torch.Tensor, w: torch.Tensor, block_elements: int = 2*
                       few_tokens: int = 256) -> torch.Tensor:
     """x: [T, in], w: [out, in] in another dtype -> x @ w.T in x's dtype: [T, out], w converted to x's dtype one
     block of rows (block_elements entries) at a time, for any T (linear_stored's rule for several tokens).
-
-    Under `few_tokens` tokens each block is the left operand: block @ x.T, [rows, T], written straight into an
-    [out, T] result that is transposed once at the end (for a moment both it and the [T, out] copy exist). The same
-    dot products with the operands the other way round: on the 2-core AVX2 CPU the course is timed on, one layer of
-    the 1B took 37.0 ms this way against 44.2 ms at 17 tokens (1.19x), 1.28x at 32, 1.06x at 128, 0.99x at 256 and
-    0.93x at 512 (an earlier run: 1.24x, 1.36x, 1.04x, 1.04x, 0.91x; the 8B's layer: 1.15x at 17, 1.06x at 256).
-    Another CPU may cross over elsewhere: `python tests/operand_order.py` measures it there."""
+    Under `few_tokens` tokens each block is the left operand, (block @ x.T).T: the same dot products, in the order
+    measured faster for short prompts (`python tests/operand_order.py` measures where it crosses over; the README's
+    speed section quotes it). To move the crossover, change the default."""
     rows = max(1, block_elements // max(1, w.shape[1]))
     if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):  # autograd keeps each block: no reuse
         return torch.cat([x @ w[r : r + rows].to(x.dtype).T for r in range(0, w.shape[0], rows)], dim=1)
     block = torch.empty(min(rows, w.shape[0]), w.shape[1], dtype=x.dtype, device=x.device)  # reused by each block
-    left = x.shape[0] < few_tokens
-    out = torch.empty((w.shape[0], x.shape[0]) if left else (x.shape[0], w.shape[0]), dtype=x.dtype, device=x.device)
+    out = torch.empty(x.shape[0], w.shape[0], dtype=x.dtype, device=x.device)
     for r in range(0, w.shape[0], rows):
         rows_here = w[r : r + rows]
         converted_rows = block[: rows_here.shape[0]].copy_(rows_here)
-        if left:  # [rows, T], straight into its rows of the [out, T] result
-            torch.mm(converted_rows, x.T, out=out[r : r + rows])
-        else:
-            out[:, r : r + rows] = x @ converted_rows.T
-    return out.T.contiguous() if left else out
+        out[:, r : r + rows] = (converted_rows @ x.T).T if x.shape[0] < few_tokens else x @ converted_rows.T
+    return out
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

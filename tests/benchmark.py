@@ -48,12 +48,25 @@ SHAPES = {
 }
 
 
+def layer_shapes(p: dict) -> dict[str, tuple[int, ...]]:
+    """One layer's tensors for params p: {name after "layers.{i}.": (rows, cols), or (dim,) for a norm}."""
+    sys.path.insert(0, str(ROOT))
+    from helpers import ffn_hidden_dim
+
+    dim, n_heads, n_kv = p["dim"], p["n_heads"], p["n_kv_heads"]
+    head_dim, hidden = dim // n_heads, ffn_hidden_dim(dim, p["multiple_of"], p.get("ffn_dim_multiplier"))
+    return {"attention.wq.weight": (n_heads * head_dim, dim), "attention.wk.weight": (n_kv * head_dim, dim),
+            "attention.wv.weight": (n_kv * head_dim, dim), "attention.wo.weight": (dim, n_heads * head_dim),
+            "feed_forward.w1.weight": (hidden, dim), "feed_forward.w2.weight": (dim, hidden),
+            "feed_forward.w3.weight": (hidden, dim), "attention_norm.weight": (dim,), "ffn_norm.weight": (dim,)}
+
+
 def build_checkpoint(shape: str) -> Path:
     """A random bf16 Meta-format folder of this shape, written atomically, one tensor at a time: the file's
     layout is saved first without data (torch's skip_data), then each tensor is made and written into its
     place, so memory never holds more than the largest tensor (the 8B's 16 GB never exist in RAM at once)."""
     sys.path.insert(0, str(ROOT))
-    from helpers import default_tokenizer_path, ffn_hidden_dim
+    from helpers import default_tokenizer_path
     from helpers.tiny import ensure_tiny
 
     if shape == "tiny":
@@ -63,16 +76,10 @@ def build_checkpoint(shape: str) -> Path:
         return folder
     p = dict(SHAPES[shape])
     tied = p.pop("tied", False)
-    dim, n_heads, n_kv = p["dim"], p["n_heads"], p["n_kv_heads"]
-    head_dim, hidden, vocab = dim // n_heads, ffn_hidden_dim(dim, p["multiple_of"], p.get("ffn_dim_multiplier")), p["vocab_size"]
+    dim, vocab = p["dim"], p["vocab_size"]
     shapes = {"tok_embeddings.weight": (vocab, dim)}  # {name: (rows, cols)}, or (dim,) for a norm (all ones)
     for i in range(p["n_layers"]):
-        q = f"layers.{i}."
-        shapes.update({q + "attention.wq.weight": (n_heads * head_dim, dim), q + "attention.wk.weight": (n_kv * head_dim, dim),
-                       q + "attention.wv.weight": (n_kv * head_dim, dim), q + "attention.wo.weight": (dim, n_heads * head_dim),
-                       q + "feed_forward.w1.weight": (hidden, dim), q + "feed_forward.w2.weight": (dim, hidden),
-                       q + "feed_forward.w3.weight": (hidden, dim), q + "attention_norm.weight": (dim,),
-                       q + "ffn_norm.weight": (dim,)})
+        shapes.update({f"layers.{i}.{name}": s for name, s in layer_shapes(p).items()})
     shapes["norm.weight"] = (dim,)
     if not tied:
         shapes["output.weight"] = (vocab, dim)

@@ -54,9 +54,10 @@ def main():
     print(f"{args.shape}, {describe_mode(weights, dtype, fused)}, {torch.get_num_threads()} threads")
     step = statistics.median(times)
     with torch.inference_mode():
-        floor = matvec_floor(weights, dtype)
+        rounds = 5
+        floor = matvec_floor(weights, dtype, rounds)
     print(f"a decode step: median {step * 1e3:.1f} ms over {args.steps} steps (unprofiled)")
-    print(f"its matrix-vector products alone: {floor * 1e3:.1f} ms (median of 5 rounds, every weight once), "
+    print(f"its matrix-vector products alone: {floor * 1e3:.1f} ms (median of {rounds} rounds, every weight once), "
           f"{floor / step:.0%} of the step; the rest of the step: {(step - floor) * 1e3:.1f} ms")
     print(table.table(sort_by="self_cpu_time_total", row_limit=8))
     print(f"matrix-vector kernel: {matvec / total:.0%} of the profiled steps' time")

@@ -18,21 +18,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmark import SHAPES  # noqa: E402
+from benchmark import SHAPES, layer_shapes  # noqa: E402
 
-from helpers.layers import ffn_hidden_dim, linear_converting  # noqa: E402
+from helpers.layers import linear_converting  # noqa: E402
 from helpers.tiny import TINY_PARAMS  # noqa: E402
 
 
 def layer_matrices(shape: str) -> list[torch.Tensor]:
-    """One layer's wq, wk, wv, wo, w1, w3, w2 of this shape: random, in bf16 as Meta stores them."""
+    """One layer's seven weight matrices of this shape (tests/benchmark.py's layer_shapes): random, in bf16 as Meta
+    stores them."""
     p = SHAPES[shape] or TINY_PARAMS  # "tiny": the embedded model's sizes (a smoke run)
-    dim, head_dim = p["dim"], p["dim"] // p["n_heads"]
-    hidden = ffn_hidden_dim(dim, p["multiple_of"], p.get("ffn_dim_multiplier"))
-    sizes = [(p["n_heads"] * head_dim, dim), (p["n_kv_heads"] * head_dim, dim), (p["n_kv_heads"] * head_dim, dim),
-             (dim, p["n_heads"] * head_dim), (hidden, dim), (hidden, dim), (dim, hidden)]
     g = torch.Generator().manual_seed(0)
-    return [(torch.randn(s, generator=g) * s[1] ** -0.5).to(torch.bfloat16) for s in sizes]
+    return [(torch.randn(s, generator=g) * s[1] ** -0.5).to(torch.bfloat16)
+            for s in layer_shapes(p).values() if len(s) == 2]
 
 
 def main(argv=None):
@@ -54,14 +52,14 @@ def main(argv=None):
     g = torch.Generator().manual_seed(1)
     for n in args.tokens:
         xs = {w.shape[1]: torch.randn(n, w.shape[1], generator=g) for w in matrices}
-        times = {0: [], n + 1: []}  # few_tokens 0: the block always on the right; n + 1: on the left for n tokens
+        right_times, left_times = [], []
         for _ in range(args.reps + 1):  # the first round warms up
-            for setting in times:
+            for few_tokens, times in ((0, right_times), (n + 1, left_times)):  # 0: always right; n + 1: left for n
                 start = time.perf_counter()
                 for w in matrices:
-                    linear_converting(xs[w.shape[1]], w, few_tokens=setting)
-                times[setting].append(time.perf_counter() - start)
-        right, left = (statistics.median(t[1:]) for t in times.values())
+                    linear_converting(xs[w.shape[1]], w, few_tokens=few_tokens)
+                times.append(time.perf_counter() - start)
+        right, left = statistics.median(right_times[1:]), statistics.median(left_times[1:])
         print(f"{n:6d} {right * 1e3:15.1f} {left * 1e3:14.1f} {right / left:11.2f}")
 
 

@@ -51,6 +51,7 @@ def test_operand_order_smoke_run_on_tiny_shape():
     out = subprocess.run([sys.executable, script, "--shape", "tiny", "--tokens", "2", "5", "--reps", "1"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines()[0].endswith("helpers uses the left order under 256 tokens"), out.stdout
     rows = [line.split() for line in out.stdout.splitlines()[2:]]
     assert [r[0] for r in rows] == ["2", "5"] and all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows), out.stdout
     bad = subprocess.run([sys.executable, script, "--tokens", "1"], capture_output=True, text=True, timeout=60)

@@ -33,10 +33,17 @@ def test_several_tokens_equal_converting_the_whole_weight(tokens, block_elements
     torch.testing.assert_close(got, x @ w.float().T, rtol=1e-6, atol=1e-6)
 
 
-def test_one_token_called_directly_is_the_float32_product():
-    """linear_converting itself takes any T: one token called directly is converted, not rounded to bf16."""
-    x, w = example(1)
-    torch.testing.assert_close(linear_converting(x, w, 18), x @ w.float().T, rtol=1e-6, atol=1e-6)
+@pytest.mark.parametrize("block_elements", [6, 18, 24, 10_000])  # rows 1, 3 (a last block of 1), 4 (of 2), all
+@pytest.mark.parametrize("tokens", [1, 2, 7])
+@pytest.mark.parametrize("order", ["right", "left"])
+def test_both_orders_of_operands_equal_converting_the_whole_weight(order, tokens, block_elements):
+    """linear_converting called directly, each order forced by few_tokens (0: the block always on the right; above
+    T: on the left), for any T, one token included (converted, not rounded to bf16)."""
+    x, w = example(tokens)
+    few_tokens = 0 if order == "right" else tokens + 1
+    got = linear_converting(x, w, block_elements, few_tokens=few_tokens)
+    assert got.shape == (tokens, 10) and got.is_contiguous()
+    torch.testing.assert_close(got, x @ w.float().T, rtol=1e-6, atol=1e-6)
 
 
 def test_one_token_is_the_bf16_product():
