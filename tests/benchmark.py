@@ -78,8 +78,9 @@ def build_checkpoint(shape: str) -> Path:
     tied = p.pop("tied", False)
     dim, vocab = p["dim"], p["vocab_size"]
     shapes = {"tok_embeddings.weight": (vocab, dim)}  # {name: (rows, cols)}, or (dim,) for a norm (all ones)
+    layer = layer_shapes(p)
     for i in range(p["n_layers"]):
-        shapes.update({f"layers.{i}.{name}": s for name, s in layer_shapes(p).items()})
+        shapes.update({f"layers.{i}.{name}": s for name, s in layer.items()})
     shapes["norm.weight"] = (dim,)
     if not tied:
         shapes["output.weight"] = (vocab, dim)

@@ -25,8 +25,8 @@ from helpers.tiny import TINY_PARAMS  # noqa: E402
 
 
 def layer_matrices(shape: str) -> list[torch.Tensor]:
-    """One layer's seven weight matrices of this shape (tests/benchmark.py's layer_shapes): random, in bf16 as Meta
-    stores them."""
+    """One layer's seven weight matrices of this shape, in the checkpoint's order (tests/benchmark.py's
+    layer_shapes): random, in bf16 as Meta stores them."""
     p = SHAPES[shape] or TINY_PARAMS  # "tiny": the embedded model's sizes (a smoke run)
     g = torch.Generator().manual_seed(0)
     return [(torch.randn(s, generator=g) * s[1] ** -0.5).to(torch.bfloat16)

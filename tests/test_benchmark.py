@@ -1,10 +1,13 @@
 """A smoke run of tests/benchmark.py on the tiny shape: it runs, compares with Hugging Face, reports JSON.
 
 (The real measurement is `python tests/benchmark.py --shape llama-3.2-1b`; it is not part of the test run.)"""
+import inspect
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+from helpers.layers import linear_converting
 
 BENCHMARK = Path(__file__).parent / "benchmark.py"
 
@@ -51,7 +54,8 @@ def test_operand_order_smoke_run_on_tiny_shape():
     out = subprocess.run([sys.executable, script, "--shape", "tiny", "--tokens", "2", "5", "--reps", "1"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.splitlines()[0].endswith("helpers uses the left order under 256 tokens"), out.stdout
+    few_tokens = inspect.signature(linear_converting).parameters["few_tokens"].default
+    assert out.stdout.splitlines()[0].endswith(f"helpers uses the left order under {few_tokens} tokens"), out.stdout
     rows = [line.split() for line in out.stdout.splitlines()[2:]]
     assert [r[0] for r in rows] == ["2", "5"] and all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows), out.stdout
     bad = subprocess.run([sys.executable, script, "--tokens", "1"], capture_output=True, text=True, timeout=60)

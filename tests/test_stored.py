@@ -6,6 +6,7 @@ import inspect
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from helpers import COURSE_PROMPT, choose_mode, forward, generate, new_kv_cache
 from helpers import fast
@@ -44,6 +45,29 @@ def test_both_orders_of_operands_equal_converting_the_whole_weight(order, tokens
     got = linear_converting(x, w, block_elements, few_tokens=few_tokens)
     assert got.shape == (tokens, 10) and got.is_contiguous()
     torch.testing.assert_close(got, x @ w.float().T, rtol=1e-6, atol=1e-6)
+
+
+class MatmulLeftShapes(TorchFunctionMode):
+    """Records the shape of the left operand of every `@` computed while it is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in ("matmul", "__matmul__", "mm"):
+            self.shapes.append(tuple(args[0].shape))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("tokens", [2, FEW_TOKENS - 1, FEW_TOKENS, FEW_TOKENS + 3])
+def test_few_tokens_puts_the_block_on_the_left(tokens):
+    """The default few_tokens chooses the order: under it each block [rows, in] is the left operand, from it on x."""
+    x, w = example(tokens)
+    with torch.inference_mode(), MatmulLeftShapes() as record:
+        linear_converting(x, w, 24)  # blocks of 4 rows
+    expected = (4, 6) if tokens < FEW_TOKENS else (tokens, 6)
+    assert record.shapes and record.shapes[0] == expected, record.shapes
 
 
 def test_one_token_is_the_bf16_product():
